@@ -1,0 +1,175 @@
+"""The configuration of one training stage (`python -m takd.train --config stage.yaml key=value ...`).
+
+A stage trains one student from its init with one method (sft | kd | seqkd | minillm), optionally against a
+teacher, and writes an HF directory to `<output_dir>/final`. Method defaults live in `configs/methods/*.yaml`
+and equal the MiniLLM reference's values (reference §4/§5); each field's unit is in its name or comment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from takd import config as cfglib
+from takd.config import check
+from takd.losses import KINDS
+from takd.paths import CONFIG_DIR
+
+Method = Literal["sft", "kd", "seqkd", "minillm"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # peak learning rate
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: Literal["constant", "cosine"] = "cosine"  # after warmup: hold, or cosine-decay to min_lr
+    warmup_steps: int = 0  # optimizer steps of linear warmup
+    min_lr: float = 1e-7  # floor of the cosine schedule
+    grad_clip_norm: float = 1.0  # global L2 norm; 0 disables
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)")
+        check(self.grad_clip_norm >= 0, "optim.grad_clip_norm must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class KDConfig:
+    """Word-level KD: (1 − kd_ratio)·CE(gold) + kd_ratio·divergence(teacher, student) (reference §5)."""
+
+    kd_ratio: float = 0.5  # weight of the divergence term, in [0, 1]
+    divergence: str = "fkl"  # fkl (reference) | rkl | tvd | jsd | skl | srkl
+    beta: float = 0.5  # jsd mixing weight
+    lam: float = 0.1  # skl/srkl skew
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.kd_ratio <= 1.0, f"kd.kd_ratio must be in [0, 1], got {self.kd_ratio}")
+        check(self.divergence in KINDS, f"kd.divergence must be one of {', '.join(KINDS)}, got {self.divergence!r}")
+        check(0 < self.beta < 1 and 0 < self.lam < 1, "kd.beta and kd.lam must be in (0, 1)")
+
+    def params(self) -> dict[str, float]:
+        return {"jsd": {"beta": self.beta}, "skl": {"lam": self.lam}, "srkl": {"lam": self.lam}}.get(
+            self.divergence, {})
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter (reference)
+    top_p: float = 1.0  # 1 = no nucleus filter (reference)
+
+    def __post_init__(self) -> None:
+        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        check(self.top_k >= 0 and 0 < self.top_p <= 1, "top_k must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass
+class SeqKDConfig:
+    """SeqKD: the teacher samples one response per training prompt, then the student trains on them.
+
+    `loss: kd` is what the reference's scripts run (word-level KD on teacher outputs, reference §5 caveat 2);
+    `loss: sft` is the paper's description (plain SFT on teacher outputs).
+    """
+
+    loss: Literal["kd", "sft"] = "kd"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    generation_batch_size: int = 16  # prompts per teacher generate call
+
+
+@dataclass
+class MiniLLMConfig:
+    """MiniLLM (reference §2–§4). Defaults = the reference code; paper variants are switches."""
+
+    teacher_mix_alpha: float = 0.2  # α in p̃ = α·p + (1−α)·q
+    teacher_mix: bool = True  # false = sample from the student alone (ablation)
+    gamma: float = 0.95  # discount (code); the paper has no discount: gamma=1
+    length_norm: bool = True  # divide the return by the number of remaining tokens
+    whiten: bool = True  # whiten advantages over the padded batch (code); false = paper
+    single_step: bool = True  # add the exact per-position reverse KL term
+    clip: float = 0.2  # PPO clip ε on ρ = q_θ/p̃
+    reward_scaling: float = 0.5  # rewards divided by this (no effect on the gradient when whitening)
+    reward_clip: float = 100.0  # rewards clipped to ±this after scaling
+    ppo_epochs: int = 4  # passes over each rollout buffer
+    num_rollouts: int = 256  # prompts per rollout collection (global)
+    rollout_batch_size: int = 16  # prompts per sampling call (`chunk_size`)
+    pt_loss: Literal["lm+kd", "lm", "none"] = "lm+kd"  # pretraining term (code: 0.5·LM + 0.5·KD)
+    kd_ratio: float = 0.5  # KD share of the PT loss
+    lm_coef: float = 1.0  # weight of the PT loss in the total
+    pt_chunk_tokens: int = 512  # tokens per packed pretraining chunk
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.teacher_mix_alpha <= 1.0, f"minillm.teacher_mix_alpha must be in [0, 1], "
+                                                    f"got {self.teacher_mix_alpha}")
+        check(0.0 < self.gamma <= 1.0, f"minillm.gamma must be in (0, 1], got {self.gamma}")
+        check(0.0 < self.clip < 1.0, f"minillm.clip must be in (0, 1), got {self.clip}")
+        check(self.ppo_epochs >= 1 and self.num_rollouts >= 1, "minillm.ppo_epochs and num_rollouts must be >= 1")
+        check(self.reward_scaling > 0, "minillm.reward_scaling must be > 0")
+        check(0.0 <= self.kd_ratio <= 1.0, f"minillm.kd_ratio must be in [0, 1], got {self.kd_ratio}")
+
+    @property
+    def alpha(self) -> float:
+        return self.teacher_mix_alpha if self.teacher_mix else 0.0
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage"
+    method: Method = "sft"
+    student: str = "tiny-s"  # init: registry name, HF id, or HF directory
+    teacher: str | None = None  # registry name / HF dir; required by kd, seqkd, minillm
+    dataset: str = "builtin"  # builtin | dolly | ... | path/to/file.jsonl
+    pt_dataset: str | None = "builtin"  # pretraining corpus for MiniLLM's PT loss (builtin | path prefix)
+    output_dir: str = "runs/stage"
+    seed: int = 10
+    max_steps: int = 200  # optimizer steps
+    micro_batch_size: int = 8  # sequences per forward pass
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_prompt_tokens: int = 256  # longer prompts are dropped (reference)
+    max_new_tokens: int = 256  # response tokens (generation and training targets)
+    eval_every_steps: int = 50  # 0 = only at the end
+    eval_prompts: int = 200  # validation prompts for in-training Rouge-L
+    save_every_steps: int = 50  # checkpoint cadence (optimizer steps)
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    select_by: Literal["rouge_l", "loss", "last"] = "rouge_l"  # which checkpoint becomes `final`
+    log_every_steps: int = 10
+    dtype: Dtype = "float32"
+    tensorboard: bool = True
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    seqkd: SeqKDConfig = field(default_factory=SeqKDConfig)
+    minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
+
+    def __post_init__(self) -> None:
+        check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        check(self.micro_batch_size >= 1 and self.grad_accum_steps >= 1,
+              "micro_batch_size and grad_accum_steps must be >= 1")
+        check(self.method == "sft" or bool(self.teacher),
+              f"method {self.method!r} needs a teacher: set teacher=<model name or HF directory>")
+        check(self.save_every_steps >= 1, "save_every_steps must be >= 1")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+
+def method_defaults(method: str) -> dict:
+    """The YAML defaults of a method (configs/methods/<method>.yaml)."""
+    return cfglib.read_yaml(CONFIG_DIR / "methods" / f"{method}.yaml")
+
+
+def load_stage(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
+    """Stage YAML on top of its method's defaults, then overrides."""
+    data = cfglib.read_yaml(path)
+    data = cfglib.apply_overrides(data, overrides or [])
+    method = data.get("method", "sft")
+    if not isinstance(method, str) or method not in ("sft", "kd", "seqkd", "minillm"):
+        raise cfglib.ConfigError(f"{path}: method: expected one of 'sft', 'kd', 'seqkd', 'minillm', got {method!r}")
+    return cfglib.from_dict(StageConfig, cfglib.merge(method_defaults(method), data), str(path))
