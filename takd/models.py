@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, OPTConfig, PreTrained
 
 from takd import config as cfglib
 from takd.paths import CONFIG_DIR, gpt2_bpe_dir, takd_home
-from takd.tokenization import EOS, gpt2_bpe, load_tokenizer, train_builtin_bpe
+from takd.tokenization import gpt2_bpe, load_tokenizer, train_builtin_bpe
 
 TINY_MAX_POSITIONS = 512  # tokens
 
@@ -239,15 +239,19 @@ def write_model_meta(d: Path, base: str, **extra: Any) -> None:
     (Path(d) / "takd_model.json").write_text(json.dumps({"base": base, **extra}, indent=1))
 
 
+def base_model_name(name_or_path: str) -> str:
+    """The registry model a saved directory descends from (its `takd_model.json`), else the name itself."""
+    import json
+
+    meta = Path(name_or_path) / "takd_model.json"
+    return json.loads(meta.read_text()).get("base", name_or_path) if meta.is_file() else name_or_path
+
+
 def _atomic_save(write, out: Path) -> None:
     from takd.checkpoint import atomic_directory
 
     with atomic_directory(out) as tmp:
         write(tmp)
-
-
-def eos_text() -> str:
-    return EOS
 
 
 def count_parameters(model: torch.nn.Module) -> int:

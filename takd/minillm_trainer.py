@@ -1,0 +1,250 @@
+"""MiniLLM trainer: reverse-KL policy gradient with teacher-mixed rollouts (reference §2–§3).
+
+Per round: sample `num_rollouts` prompts, roll out from p̃ = (1−α)·q + α·p with KV caches, score each token
+(teacher log-prob on the full vocabulary, a fresh student forward for log q_old, importance weight w, reward
+r = log p − log q_old), then make `ppo_epochs` shuffled passes over the buffer. Each micro-batch's loss is
+
+    policy_loss(ρ = q_θ/p̃, A = whiten(G/N)) + single_step_rkl + lm_coef · pt_loss
+
+and the student stays in eval mode (no dropout) throughout, as the reference does. The buffer and its pass
+position are part of the checkpoint, so a resumed run continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from takd import minillm as M
+from takd.data import (EpochSampler, PackedCorpus, collate_prompts, data_dir, encode_rows, load_rows,
+                       pack_corpus)
+from takd.models import base_model_name
+from takd.rollout import mixed_sample, process_logits
+from takd.trainer import Trainer
+
+
+@dataclass
+class Sample:
+    """One scored rollout; per-token lists have the response length L (valid tokens only)."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logq_old: list[float]
+    weights: list[float]
+    rewards: list[float]
+
+
+def _pad_right(rows: list[list], value, dtype) -> torch.Tensor:
+    T = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (T - len(r)) for r in rows], dtype=dtype)
+
+
+def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int
+                      ) -> dict[str, torch.Tensor]:
+    """Left-padded prompts followed by right-padded responses: one [B, P + T] sequence, mask [B, T]."""
+    P = max(len(p) for p in prompts)
+    prompt = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts])
+    prompt_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    response = _pad_right(responses, pad_id, torch.long)
+    mask = _pad_right([[True] * len(r) for r in responses], False, torch.bool)
+    return {"input_ids": torch.cat([prompt, response], 1), "attention_mask": torch.cat([prompt_mask, mask.long()], 1),
+            "prompt_len": torch.tensor(P), "response_ids": response, "mask": mask}
+
+
+def collate_rollouts(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """`collate_sequences` plus the per-token rollout tensors [B, T] (zero/one padded)."""
+    return {
+        **collate_sequences([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id),
+        "logq_old": _pad_right([s.logq_old for s in samples], 0.0, torch.float32),
+        "weights": _pad_right([s.weights for s in samples], 1.0, torch.float32),
+        "rewards": _pad_right([s.rewards for s in samples], 0.0, torch.float32),
+    }
+
+
+def response_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits at the positions that predict each response token: [B, T_resp, V]."""
+    attn = batch["attention_mask"]
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    logits = model(input_ids=batch["input_ids"], attention_mask=attn, position_ids=pos).logits
+    P, T = int(batch["prompt_len"]), batch["response_ids"].shape[1]
+    return logits[:, P - 1: P - 1 + T]
+
+
+class MiniLLMTrainer(Trainer):
+    needs_teacher = True
+
+    def setup(self) -> None:
+        self.buffer: list[Sample] = []
+        self.pass_order: list[int] = []
+        self.round = 0
+        super().setup()
+        self.student.eval()  # reference: no dropout during RL
+        cfg = self.cfg
+        self.prompts = encode_rows(load_rows(cfg.dataset, "train", seed=0), self.tokenizer, cfg.max_prompt_tokens,
+                                   cfg.max_new_tokens, with_response=False)
+        self.prompt_sampler = EpochSampler(len(self.prompts), seed=cfg.seed + 1)
+        self.corpus = self.load_corpus() if cfg.minillm.pt_loss != "none" else None
+        self.pt_sampler = EpochSampler(len(self.corpus), seed=cfg.seed + 2) if self.corpus is not None else None
+        if self._pending_extra:
+            self._apply_extra(self._pending_extra)
+
+    def load_corpus(self) -> PackedCorpus:
+        cfg = self.cfg
+        chunk = min(cfg.minillm.pt_chunk_tokens, self.student.config.max_position_embeddings)
+        if cfg.pt_dataset in (None, "builtin"):
+            from takd.builtin_task import pretraining_corpus
+
+            prefix = data_dir("builtin-pt") / f"{base_model_name(cfg.student).replace('/', '_')}-{chunk}"
+            if not prefix.with_suffix(".json").is_file():
+                pack_corpus(pretraining_corpus(), self.tokenizer, chunk, prefix)
+            return PackedCorpus(prefix)
+        return PackedCorpus(Path(cfg.pt_dataset))
+
+    # --------------------------------------------------------------------------------------------- rollouts
+    @torch.no_grad()
+    def collect_rollouts(self) -> None:
+        cfg, mc = self.cfg, self.cfg.minillm
+        s = mc.sampling
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.round)
+        self.buffer = []
+        stats = {"reward": 0.0, "length": 0.0, "tokens": 0.0}
+        for start in range(0, mc.num_rollouts, mc.rollout_batch_size):
+            n = min(mc.rollout_batch_size, mc.num_rollouts - start)
+            chunk = [self.prompts[i] for i in self.prompt_sampler.next_indices(n)]
+            p = collate_prompts(chunk, self.tokenizer.pad_token_id)
+            ro = mixed_sample(self.student, self.teacher, p["input_ids"], p["attention_mask"], alpha=mc.alpha,
+                              max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                              pad_token_id=self.tokenizer.pad_token_id, temperature=s.temperature, top_k=s.top_k,
+                              top_p=s.top_p, generator=gen)
+            self.buffer.extend(self.score(chunk, ro, stats))
+        self.round += 1
+        self.rollout_stats = {"reward": stats["reward"] / max(stats["tokens"], 1),
+                              "response_len": stats["tokens"] / max(len(self.buffer), 1)}
+
+    def score(self, chunk, ro, stats) -> list[Sample]:
+        """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a)."""
+        mc, s = self.cfg.minillm, self.cfg.minillm.sampling
+        responses = [ro.response_ids[i, : int(ro.lengths[i])].tolist() for i in range(len(chunk))]
+        batch = collate_sequences([e.prompt_ids for e in chunk], responses, self.tokenizer.pad_token_id)
+        tokens, mask = batch["response_ids"], batch["mask"]
+        t_logits = response_logits(self.teacher, batch)
+        s_logits = response_logits(self.student, batch)
+        logp_reward = M.gather_logprobs(t_logits, tokens)  # full vocabulary, no temperature (reference §2a.4)
+        logq_old = M.gather_logprobs(process_logits(s_logits, s.temperature, s.top_k, s.top_p), tokens)
+        logp_mix = M.gather_logprobs(process_logits(t_logits, s.temperature, s.top_k, s.top_p), tokens)
+        weights = M.importance_weights(logq_old, logp_mix, mc.alpha)
+        rewards = M.token_rewards(logp_reward, logq_old, mask, mc.reward_scaling, mc.reward_clip)
+        stats["reward"] += float(rewards.sum())
+        stats["tokens"] += float(mask.sum())
+        return [Sample(e.prompt_ids, r, logq_old[i, : len(r)].tolist(), weights[i, : len(r)].tolist(),
+                       rewards[i, : len(r)].tolist()) for i, (e, r) in enumerate(zip(chunk, responses, strict=True))]
+
+    # ------------------------------------------------------------------------------------------ PPO passes
+    def next_rollout_batch(self) -> list[Sample]:
+        cfg = self.cfg
+        if len(self.pass_order) < cfg.micro_batch_size:
+            if not self.pass_order and getattr(self, "_passes_left", 0) <= 0:
+                self.collect_rollouts()
+                self._passes_left = cfg.minillm.ppo_epochs
+            rng = random.Random(f"{cfg.seed}-{self.round}-{self._passes_left}")
+            order = list(range(len(self.buffer)))
+            rng.shuffle(order)
+            self.pass_order = order[: len(order) - len(order) % cfg.micro_batch_size]  # drop_last
+            self._passes_left -= 1
+        idx, self.pass_order = self.pass_order[: cfg.micro_batch_size], self.pass_order[cfg.micro_batch_size:]
+        return [self.buffer[i] for i in idx]
+
+    def micro_batches(self):
+        return [collate_rollouts(self.next_rollout_batch(), self.tokenizer.pad_token_id)
+                for _ in range(self.cfg.grad_accum_steps)]
+
+    def micro_weight(self, batch) -> float:
+        return 1.0  # reference: DeepSpeed averages micro-batch token means over accumulation steps
+
+    def loss_terms(self, batch):
+        mc, s = self.cfg.minillm, self.cfg.minillm.sampling
+        mask, tokens = batch["mask"], batch["response_ids"]
+        logits = process_logits_3d(response_logits(self.student, batch), s)
+        logq = M.gather_logprobs(logits, tokens)
+        returns = M.normalized_returns(batch["rewards"], mask, mc.gamma, mc.length_norm)
+        if mc.whiten:
+            # statistics over [B × max_new_tokens] with zero padding, as the reference pads responses to 256
+            padded = F.pad(returns, (0, self.cfg.max_new_tokens - returns.shape[1]))
+            returns = M.whiten(padded)[:, : returns.shape[1]]
+        pg, pg_stats = M.policy_loss(logq, batch["logq_old"], batch["weights"], returns.detach(), mask, mc.clip)
+        terms = {"pg": pg, **pg_stats}
+        loss = pg
+        if mc.single_step:
+            with torch.no_grad():
+                t_logits = process_logits_3d(response_logits(self.teacher, batch), s)
+            terms["reg"] = M.single_step_rkl(logits, t_logits, mask)
+            loss = loss + terms["reg"]
+        if self.corpus is not None:
+            terms["pt"] = self.pt_term()
+            loss = loss + mc.lm_coef * terms["pt"]
+        terms["loss"] = loss
+        terms.update({k: torch.tensor(v) for k, v in self.rollout_stats.items()})
+        return terms
+
+    def pt_term(self) -> torch.Tensor:
+        mc = self.cfg.minillm
+        b = self.corpus.batch(self.pt_sampler.next_indices(self.cfg.micro_batch_size))
+        logits = self.student(input_ids=b["input_ids"]).logits
+        t_logits = None
+        if mc.pt_loss == "lm+kd":
+            with torch.no_grad():
+                t_logits = self.teacher(input_ids=b["input_ids"]).logits
+        return M.pt_loss(logits, t_logits, b["labels"], mc.kd_ratio, mc.pt_loss)
+
+    # --------------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def extra_validation(self) -> dict[str, float]:
+        """Reverse KL to the teacher on pure-student samples of validation prompts, and their length."""
+        cfg = self.cfg
+        ex = self.valid_examples[: min(len(self.valid_examples), 64)]
+        p = collate_prompts(ex, self.tokenizer.pad_token_id)
+        ro = mixed_sample(self.student, None, p["input_ids"], p["attention_mask"], alpha=0.0,
+                          max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                          pad_token_id=self.tokenizer.pad_token_id, generator=torch.Generator().manual_seed(cfg.seed))
+        batch = {"input_ids": torch.cat([ro.prompt_ids, ro.response_ids], 1),
+                 "attention_mask": torch.cat([ro.prompt_mask, ro.response_mask.long()], 1),
+                 "prompt_len": torch.tensor(ro.prompt_ids.shape[1]), "response_ids": ro.response_ids}
+        rkl = M.single_step_rkl(response_logits(self.student, batch), response_logits(self.teacher, batch),
+                                ro.response_mask)
+        return {"val_rev_kl": float(rkl), "val_response_len": float(ro.lengths.float().mean())}
+
+    def validate(self):
+        metrics = super().validate()
+        self.student.eval()
+        return metrics
+
+    # -------------------------------------------------------------------------------------- checkpointing
+    def extra_state(self):
+        return {"buffer": [asdict(x) for x in self.buffer], "pass_order": self.pass_order, "round": self.round,
+                "passes_left": getattr(self, "_passes_left", 0), "prompt_sampler": self.prompt_sampler.state_dict(),
+                "pt_sampler": self.pt_sampler.state_dict() if self.pt_sampler else None,
+                "rollout_stats": getattr(self, "rollout_stats", {})}
+
+    _pending_extra: dict | None = None
+
+    def restore_extra(self, extra):
+        # restore() runs inside Trainer.setup, before our own samplers exist: apply at the end of setup
+        self._pending_extra = extra
+
+    def _apply_extra(self, extra):
+        self.buffer = [Sample(**x) for x in extra["buffer"]]
+        self.pass_order, self.round, self._passes_left = extra["pass_order"], extra["round"], extra["passes_left"]
+        self.prompt_sampler.load_state_dict(extra["prompt_sampler"])
+        if self.pt_sampler and extra["pt_sampler"]:
+            self.pt_sampler.load_state_dict(extra["pt_sampler"])
+        self.rollout_stats = extra["rollout_stats"]
+
+
+def process_logits_3d(logits: torch.Tensor, s) -> torch.Tensor:
+    """`process_logits` over [B, T, V] (temperature and the same top-k/top-p masks as sampling)."""
+    B, T, V = logits.shape
+    return process_logits(logits.reshape(B * T, V), s.temperature, s.top_k, s.top_p).reshape(B, T, V)

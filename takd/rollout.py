@@ -1,0 +1,119 @@
+"""Teacher-mixed sampling on stock transformers, with one KV cache per model (reference §2c).
+
+At every decoding step the student and the teacher each advance one token on their own cache; both
+last-position logits go through the same processors (temperature, top-k, top-p); the probabilities are mixed
+p̃ = (1 − α)·q + α·p and one token is drawn. α = 0 is pure student sampling (the teacher is not run),
+α = 1 pure teacher sampling (the student is not run). The LMOps reference needs a forked `generate` for this;
+here it is a ~60-line loop over `model(input_ids, past_key_values=...)`.
+
+Prompts are left-padded; position ids are cumsum(attention_mask) − 1 so GPT-2 (absolute positions from
+position_ids) and OPT see the same positions as an unpadded prompt. Rows stop at EOS and are padded after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled responses. B = batch, P = prompt length (left-padded), T = generated steps."""
+
+    prompt_ids: torch.Tensor  # [B, P] long, left-padded
+    prompt_mask: torch.Tensor  # [B, P] long, 1 on prompt tokens
+    response_ids: torch.Tensor  # [B, T] long, pad after the first EOS
+    response_mask: torch.Tensor  # [B, T] bool, true on generated tokens up to and including the first EOS
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+                   ) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus filtering; removed entries become −inf. logits [B, V] (float32)."""
+    logits = logits.float() / temperature
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass strictly before it already reaches top_p (the top token always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.cumsum(-1) - 1).clamp_min(0)
+
+
+class _Stepper:
+    """One model's incremental decoding state: its KV cache and the last-position logits."""
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool):
+        self.model, self.use_cache = model, use_cache
+        self.ids, self.mask = input_ids, attention_mask
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
+                    use_cache=use_cache, logits_to_keep=1)
+        self.past = out.past_key_values if use_cache else None
+        self.logits = out.logits[:, -1]
+
+    def advance(self, token: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.ids = torch.cat([self.ids, token[:, None]], dim=1)
+        if self.use_cache:
+            pos = _positions(attention_mask)[:, -1:]
+            out = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=pos,
+                             past_key_values=self.past, use_cache=True)
+            self.past = out.past_key_values
+        else:  # naive re-encoding of the whole prefix (benchmark baseline, and the test's oracle)
+            out = self.model(input_ids=self.ids, attention_mask=attention_mask,
+                             position_ids=_positions(attention_mask), use_cache=False, logits_to_keep=1)
+        self.logits = out.logits[:, -1]
+
+
+@torch.no_grad()
+def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, alpha: float,
+                 max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> Rollout:
+    """Sample responses from p̃ = (1 − α)·q_student + α·p_teacher, token by token (see module docstring)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    B = input_ids.shape[0]
+    mask = attention_mask.long()
+    run_student, run_teacher = alpha < 1.0, alpha > 0.0
+    s = _Stepper(student, input_ids, mask, use_cache) if run_student else None
+    t = _Stepper(teacher, input_ids, mask, use_cache) if run_teacher else None
+    tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    for step in range(max_new_tokens):
+        probs = None
+        if s is not None:
+            probs = (1.0 - alpha) * process_logits(s.logits, temperature, top_k, top_p).softmax(-1)
+        if t is not None:
+            p = alpha * process_logits(t.logits, temperature, top_k, top_p).softmax(-1)
+            probs = p if probs is None else probs + p
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        tokens.append(token)
+        finished = finished | (token == eos_token_id)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        # Finished rows keep decoding pad tokens (batched forward); what they produce is masked out.
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        for stepper in (s, t):
+            if stepper is not None:
+                stepper.advance(token, mask)
+    response = torch.stack(tokens, dim=1)
+    return Rollout(input_ids, attention_mask.long(), response, response_mask(response, eos_token_id))
+
+
+def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """True on tokens up to and including the first EOS of each row (everything when there is no EOS)."""
+    is_eos = response_ids == eos_token_id
+    eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # an EOS occurred strictly earlier
+    return ~eos_before

@@ -1,0 +1,372 @@
+"""The training loop every method shares, and the supervised methods (SFT, word-level KD, SeqKD).
+
+`Trainer.run()` reads top to bottom: set up (seed, tokenizer, models, data, optimizer, schedule, resume),
+then for each optimizer step: gather the step's micro-batches, compute each one's loss terms, backpropagate
+with token-count weights, clip, step; log, validate, checkpoint. A method only says what a micro-batch is
+(`micro_batches`) and what its loss is (`loss_terms`); the math lives in `takd.losses` / `takd.minillm`.
+
+Resumability: a checkpoint holds HF weights + tokenizer + optimizer, scheduler, RNG, data position, step, best
+metric. Re-running the same command resumes from the newest complete checkpoint and continues the same
+trajectory (CPU: bit-identical up to float reassociation). A stage whose `final/` is complete is not re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from takd import checkpoint as ckpt
+from takd import config as cfglib
+from takd.data import (Example, EpochSampler, collate_sft, encode_rows, load_rows, references, write_jsonl)
+from takd.evaluate import generate, score
+from takd.losses import divergence, masked_mean, shift_for_next_token, token_cross_entropy
+from takd.models import base_model_name, load_model, load_tokenizer_for, write_model_meta
+from takd.stage import StageConfig
+
+log = logging.getLogger("takd.train")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def lr_factor(step: int, cfg_optim, total_steps: int) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then constant or cosine.
+
+    warmup: (step+1)/warmup_steps; cosine: min_lr + (lr − min_lr)·½(1 + cos(π·progress)), progress ∈ [0, 1].
+    """
+    if step < cfg_optim.warmup_steps:
+        return (step + 1) / cfg_optim.warmup_steps
+    if cfg_optim.schedule == "constant":
+        return 1.0
+    progress = (step - cfg_optim.warmup_steps) / max(1, total_steps - cfg_optim.warmup_steps)
+    lr = cfg_optim.min_lr + (cfg_optim.lr - cfg_optim.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return lr / cfg_optim.lr
+
+
+def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str) -> None:
+    """Teacher and student must share a vocabulary (token-level losses compare distributions per id)."""
+    if student_tok.get_vocab() != teacher_tok.get_vocab() or student_tok.eos_token_id != teacher_tok.eos_token_id:
+        raise cfglib.ConfigError(
+            f"tokenizers differ: student {student} ({len(student_tok)} tokens, eos {student_tok.eos_token_id}) vs "
+            f"teacher {teacher} ({len(teacher_tok)} tokens, eos {teacher_tok.eos_token_id}); every model of a "
+            "chain must use the same tokenizer (pick one model family)")
+
+
+class Trainer:
+    """Shared loop. Subclasses define `loss_terms` (and optionally `micro_batches`, `build_train_examples`)."""
+
+    needs_teacher = False
+
+    def __init__(self, cfg: StageConfig):
+        self.cfg = cfg
+        self.out = cfg.out
+        self.ckpt_root = self.out / "checkpoints"
+        self.metrics_file = self.out / "metrics.jsonl"
+        self.step = 0
+        self.best: float | None = None
+        self.writer = None
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        resume_from = ckpt.latest_checkpoint(self.ckpt_root)
+        self.tokenizer = load_tokenizer_for(cfg.student)
+        self.student = load_model(str(resume_from) if resume_from else cfg.student, DTYPES[cfg.dtype])
+        self.teacher = self.load_teacher() if (self.needs_teacher and cfg.teacher) else None
+        self.train_examples = self.build_train_examples()
+        self.valid_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
+                                          cfg.max_new_tokens)[: cfg.eval_prompts]
+        self.sampler = EpochSampler(len(self.train_examples), seed=cfg.seed)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, o, cfg.max_steps))
+        if resume_from:
+            self.restore(resume_from)
+        self.student.train()
+        self.log_setup(resume_from)
+
+    def load_teacher(self):
+        cfg = self.cfg
+        teacher_tok = load_tokenizer_for(cfg.teacher)
+        check_same_tokenizer(self.tokenizer, teacher_tok, cfg.student, cfg.teacher)
+        teacher = load_model(cfg.teacher, DTYPES[cfg.dtype]).eval().requires_grad_(False)
+        return teacher
+
+    def build_train_examples(self) -> list[Example]:
+        cfg = self.cfg
+        return encode_rows(load_rows(cfg.dataset, "train", seed=0), self.tokenizer, cfg.max_prompt_tokens,
+                           cfg.max_new_tokens)
+
+    def log_setup(self, resume_from: Path | None) -> None:
+        cfg = self.cfg
+        n_params = sum(p.numel() for p in self.student.parameters())
+        seqs = cfg.micro_batch_size * cfg.grad_accum_steps
+        msg = (f"[{cfg.name}] {cfg.method}: student {cfg.student} ({n_params / 1e6:.2f}M params)"
+               f"{f', teacher {cfg.teacher}' if self.teacher is not None else ''}; {len(self.train_examples)} "
+               f"train examples, {len(self.valid_examples)} valid; {seqs} sequences/step "
+               f"({cfg.micro_batch_size}x{cfg.grad_accum_steps}), {cfg.max_steps} steps -> {self.out}")
+        print(msg + (f"\n[{cfg.name}] resumed from {resume_from} at step {self.step}" if resume_from else ""),
+              flush=True)
+
+    # --------------------------------------------------------------------------------------- method hooks
+    def micro_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The micro-batches of one optimizer step."""
+        cfg = self.cfg
+        batches = []
+        for _ in range(cfg.grad_accum_steps):
+            idx = self.sampler.next_indices(cfg.micro_batch_size)
+            batches.append(collate_sft([self.train_examples[i] for i in idx], self.tokenizer.pad_token_id))
+        return batches
+
+    def micro_weight(self, batch: dict[str, torch.Tensor]) -> float:
+        """Target tokens in a micro-batch: the step's loss is Σ tokens·mean / Σ tokens (accumulation-exact)."""
+        return float((batch["labels"][:, 1:] >= 0).sum())
+
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def run(self) -> Path:
+        final = self.out / "final"
+        if ckpt.is_complete(final):
+            print(f"[{self.cfg.name}] already complete: {final}", flush=True)
+            return final
+        self.setup()
+        self.train()
+        return self.finish()
+
+    def train(self) -> None:
+        cfg = self.cfg
+        bar = _progress(self.step, cfg.max_steps, cfg.name)
+        t_last = time.time()
+        while self.step < cfg.max_steps:
+            terms = self.optimizer_step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
+            if self.step % cfg.log_every_steps == 0 or self.step == cfg.max_steps:
+                now = time.time()
+                self.log_metrics({**terms, "lr": self.scheduler.get_last_lr()[0],
+                                  "sec_per_step": (now - t_last) / cfg.log_every_steps})
+                t_last = now
+            if (cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0) or self.step == cfg.max_steps:
+                self.validate()
+            if self.step % cfg.save_every_steps == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+
+    def optimizer_step(self) -> dict[str, float]:
+        batches = self.micro_batches()
+        weights = [self.micro_weight(b) for b in batches]
+        total = sum(weights) or 1.0
+        sums: dict[str, float] = defaultdict(float)
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch, w in zip(batches, weights, strict=True):
+            terms = self.loss_terms(batch)
+            (terms["loss"] * (w / total)).backward()
+            for k, v in terms.items():
+                sums[k] += float(v.detach()) * (w / total)
+        if self.cfg.optim.grad_clip_norm > 0:
+            sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(),
+                                                                     self.cfg.optim.grad_clip_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        return dict(sums)
+
+    # ------------------------------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Response-token CE on the validation examples (the init-selection criterion, reference §1)."""
+        self.student.eval()
+        num, den = 0.0, 0.0
+        for i in range(0, len(self.valid_examples), self.cfg.micro_batch_size):
+            b = collate_sft(self.valid_examples[i: i + self.cfg.micro_batch_size], self.tokenizer.pad_token_id)
+            logits, labels = shift_for_next_token(self.student(input_ids=b["input_ids"],
+                                                               attention_mask=b["attention_mask"]).logits,
+                                                  b["labels"])
+            ce = token_cross_entropy(logits, labels)
+            num += float(ce.sum())
+            den += float((labels >= 0).sum())
+        self.student.train()
+        return num / max(den, 1.0)
+
+    def validate(self) -> dict[str, float]:
+        cfg = self.cfg
+        metrics = {"val_loss": self.validation_loss()}
+        if cfg.select_by == "rouge_l" or cfg.eval_prompts:
+            preds = generate(self.student, self.tokenizer, self.valid_examples, seed=cfg.seed,
+                             max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=0)
+            metrics.update({f"val_{k}": v for k, v in score(preds, self.valid_examples).items()})
+        metrics.update(self.extra_validation())
+        self.log_metrics(metrics, kind="eval")
+        self.maybe_keep_best(metrics)
+        return metrics
+
+    def extra_validation(self) -> dict[str, float]:
+        return {}
+
+    def maybe_keep_best(self, metrics: dict[str, float]) -> None:
+        sel = self.cfg.select_by
+        if sel == "last":
+            return
+        value = metrics["val_rouge_l"] if sel == "rouge_l" else -metrics["val_loss"]
+        if self.best is None or value > self.best:
+            self.best = value
+            with ckpt.atomic_directory(self.out / "best") as d:
+                self.save_hf(d, extra={"step": self.step, "select_by": sel, **metrics})
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def save_hf(self, directory: Path, extra: dict[str, Any] | None = None) -> None:
+        self.student.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        write_model_meta(directory, base=base_model_name(self.cfg.student), stage=self.cfg.name, method=self.cfg.method,
+                         **(extra or {}))
+
+    def save_checkpoint(self) -> None:
+        with ckpt.atomic_directory(ckpt.step_dir(self.ckpt_root, self.step)) as d:
+            self.save_hf(d, extra={"step": self.step})
+            ckpt.save_trainer_state(d, {
+                "step": self.step, "best": self.best, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "rng": ckpt.rng_state(), "extra": self.extra_state(),
+            })
+        ckpt.prune(self.ckpt_root, self.cfg.keep_checkpoints)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, directory: Path) -> None:
+        state = ckpt.load_trainer_state(directory)
+        self.step, self.best = state["step"], state["best"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        ckpt.set_rng_state(state["rng"])
+        self.restore_extra(state.get("extra", {}))
+        self._truncate_metrics(after_step=self.step)
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> Path:
+        """Write `final/`: the best checkpoint by `select_by` (or the last weights), verified loadable."""
+        final = self.out / "final"
+        best = self.out / "best"
+        with ckpt.atomic_directory(final) as d:
+            if self.cfg.select_by != "last" and ckpt.is_complete(best):
+                for f in best.iterdir():
+                    if f.name != ckpt.COMPLETE:
+                        shutil.copy2(f, d / f.name)
+            else:
+                self.save_hf(d, extra={"step": self.step})
+            load_model(str(d))  # a stage never hands off weights that do not load
+        if self.writer is not None:
+            self.writer.close()
+        print(f"[{self.cfg.name}] final model: {final}", flush=True)
+        return final
+
+    # ---------------------------------------------------------------------------------------------- logging
+    def log_metrics(self, metrics: dict[str, float], kind: str = "train") -> None:
+        row = {"step": self.step, "kind": kind, **{k: float(v) for k, v in metrics.items()}}
+        with open(self.metrics_file, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if kind == "eval":
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            print(f"[{self.cfg.name}] step {self.step} eval: {shown}", flush=True)
+        if self.cfg.tensorboard:
+            if self.writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(self.out / "tb"))
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"{kind}/{k}", v, self.step)
+
+    def _truncate_metrics(self, after_step: int) -> None:
+        """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+        if not self.metrics_file.is_file():
+            return
+        rows = [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r["step"] <= after_step]
+        self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _progress(initial: int, total: int, name: str):
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=name, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5 if interactive else 30.0)
+
+
+# ==================================================================================== supervised methods
+
+
+class SFTTrainer(Trainer):
+    """SFT w/o KD: response-only cross-entropy (reference §5)."""
+
+    def loss_terms(self, batch):
+        out = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits, labels = shift_for_next_token(out.logits, batch["labels"])
+        ce = masked_mean(token_cross_entropy(logits, labels), labels >= 0)
+        return {"loss": ce, "ce": ce}
+
+
+class KDTrainer(Trainer):
+    """Word-level KD on gold responses: (1 − r)·CE + r·D(teacher ‖ student), teacher-forced (reference §5).
+
+    With D = fkl this has the reference's gradient; the reference logs −Σ p log q (= fkl + H(p)), we log fkl.
+    """
+
+    needs_teacher = True
+
+    def loss_terms(self, batch):
+        kd = self.cfg.kd
+        out = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        with torch.no_grad():
+            t_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, labels = shift_for_next_token(out.logits, batch["labels"])
+        mask = labels >= 0
+        ce = masked_mean(token_cross_entropy(logits, labels), mask)
+        div = divergence(logits, t_logits[:, :-1], mask, kd.divergence, **kd.params())
+        return {"loss": (1 - kd.kd_ratio) * ce + kd.kd_ratio * div, "ce": ce, kd.divergence: div}
+
+
+class SeqKDTrainer(KDTrainer):
+    """SeqKD: train on one teacher sample per training prompt, kept in `<output_dir>/seqkd_data.jsonl`."""
+
+    def build_train_examples(self) -> list[Example]:
+        cfg = self.cfg
+        path = self.out / "seqkd_data.jsonl"
+        if not path.is_file():
+            self.generate_teacher_data(path)
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return encode_rows(rows, self.tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens)
+
+    def generate_teacher_data(self, path: Path) -> None:
+        cfg, s = self.cfg, self.cfg.seqkd.sampling
+        rows = load_rows(cfg.dataset, "train", seed=0)
+        prompts = encode_rows(rows, self.tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens, with_response=False)
+        print(f"[{cfg.name}] SeqKD: teacher {cfg.teacher} samples {len(prompts)} responses -> {path}", flush=True)
+        outs = generate(self.teacher, self.tokenizer, prompts, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                        batch_size=cfg.seqkd.generation_batch_size, temperature=s.temperature, top_k=s.top_k,
+                        top_p=s.top_p, progress=True)
+        write_jsonl(path, [{**e.row, "gold_output": references(e.row)[0], "output": o}
+                           for e, o in zip(prompts, outs, strict=True)])
+
+    def loss_terms(self, batch):
+        if self.cfg.seqkd.loss == "kd":
+            return super().loss_terms(batch)
+        return SFTTrainer.loss_terms(self, batch)
+
+
+TRAINERS: dict[str, type[Trainer]] = {"sft": SFTTrainer, "kd": KDTrainer, "seqkd": SeqKDTrainer}
