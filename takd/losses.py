@@ -1,7 +1,7 @@
 """Token-level divergences between a teacher and a student over the full vocabulary, and the masked means.
 
 Notation: p = softmax(teacher logits), q = softmax(student logits), over the vocabulary V at each position.
-All per-position values are computed in float32 from log-softmax (bf16/fp16 inputs are upcast) so that
+All per-position values are computed from log-softmax, bf16/fp16 inputs upcast to float32, so that
 underflowed probabilities give exact zeros in p·log p terms rather than NaN. The teacher is detached:
 gradients reach the student only.
 
@@ -26,10 +26,19 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision inputs are computed in float32; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _xlogy_diff(a_prob: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """Σ_v a·(log a − log b), with 0·(anything) = 0 where a underflowed to 0 (avoids 0·(−inf) = NaN)."""
-    term = a_prob * (log_a - log_b)
-    return torch.where(a_prob > 0, term, torch.zeros_like(term)).sum(-1)
+    """Σ_v a·(log a − log b), with 0·(anything) = 0 where a underflowed to 0.
+
+    The mask is applied to the log difference *before* the product so that neither the value nor the
+    gradient sees 0·(−inf) = NaN (a `where` after the product still back-propagates NaN).
+    """
+    diff = torch.where(a_prob > 0, log_a - log_b, torch.zeros_like(log_a))
+    return (a_prob * diff).sum(-1)
 
 
 def forward_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
@@ -95,8 +104,8 @@ def per_position_divergence(student_logits: torch.Tensor, teacher_logits: torch.
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(f"vocabulary sizes differ: student {student_logits.shape[-1]}, teacher "
                          f"{teacher_logits.shape[-1]}; the chain's models must share one tokenizer")
-    log_q = F.log_softmax(student_logits.float(), dim=-1)
-    log_p = F.log_softmax(teacher_logits.detach().float(), dim=-1)
+    log_q = F.log_softmax(upcast(student_logits), dim=-1)
+    log_p = F.log_softmax(upcast(teacher_logits.detach()), dim=-1)
     return _PER_POSITION[kind](log_q, log_p, **params)
 
 
@@ -108,14 +117,14 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask:
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """−Σ_v p log q per position: the reference's word-level KD term (= fkl + H(p); same gradient as fkl)."""
-    log_q = F.log_softmax(student_logits.float(), dim=-1)
-    p = F.softmax(teacher_logits.detach().float(), dim=-1)
-    return -(p * log_q).sum(-1)
+    log_q = F.log_softmax(upcast(student_logits), dim=-1)
+    p = F.softmax(upcast(teacher_logits.detach()), dim=-1)
+    return -torch.where(p > 0, p * log_q, torch.zeros_like(log_q)).sum(-1)
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """−log q(label) per position (0 where label == -100). logits [B, T, V] (already aligned), labels [B, T]."""
-    return F.cross_entropy(logits.float().transpose(1, 2), labels.clamp_min(0), reduction="none") * (labels >= 0)
+    return F.cross_entropy(upcast(logits).transpose(1, 2), labels.clamp_min(0), reduction="none") * (labels >= 0)
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

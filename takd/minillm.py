@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from takd.losses import masked_mean, per_position_divergence, soft_cross_entropy, token_cross_entropy
+from takd.losses import masked_mean, upcast, per_position_divergence, soft_cross_entropy, token_cross_entropy
 
 
 def importance_weights(logq_old: torch.Tensor, logp: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -123,4 +123,4 @@ def pt_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[token] per position. logits [B, T, V], tokens [B, T] -> [B, T] (float32)."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    return torch.log_softmax(upcast(logits), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)

@@ -1,0 +1,38 @@
+"""Shared fixtures. Every test run gets its own TAKD_HOME so prepared artefacts never leak between runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from takd.paths import SHARED_DATA
+
+# Set before takd modules read it (they read the environment lazily, at call time).
+os.environ.setdefault("TAKD_HOME", str(Path(os.environ.get("PYTEST_TAKD_HOME", "/tmp/takd-test-home"))))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present (a user's clone)")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from takd.models import load_tokenizer_for
+
+    return load_tokenizer_for("tiny-s")
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory) -> Path:
+    """A tiny-m SFT'd for a short while on the built-in task: a teacher that is clearly better than random."""
+    from takd.stage import StageConfig
+    from takd.train import run_stage
+
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = StageConfig(name="teacher", method="sft", student="tiny-m", output_dir=str(out), max_steps=120,
+                      micro_batch_size=16, max_new_tokens=32, max_prompt_tokens=128, eval_every_steps=0,
+                      eval_prompts=40, save_every_steps=120, select_by="last", tensorboard=False)
+    cfg.optim.lr = 2e-3
+    cfg.optim.warmup_steps = 10
+    return run_stage(cfg)

@@ -1,0 +1,100 @@
+"""Config loading: every shipped YAML loads; bad YAML fails with one line naming file, key and expected type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from takd import config as cfglib
+from takd.config import ConfigError
+from takd.paths import CONFIG_DIR
+from takd.stage import StageConfig, load_stage
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err)
+    assert "\n" not in text, text
+    return text
+
+
+@pytest.mark.parametrize("method", ["sft", "kd", "seqkd", "minillm"])
+def test_every_method_config_loads_with_reference_values(method, tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"method: {method}\nteacher: tiny-l\n")
+    cfg = load_stage(f)
+    assert cfg.method == method
+    if method == "minillm":  # reference §4 values
+        m = cfg.minillm
+        assert (m.teacher_mix_alpha, m.gamma, m.clip, m.ppo_epochs, m.num_rollouts, m.kd_ratio) == (
+            0.2, 0.95, 0.2, 4, 256, 0.5)
+        assert cfg.optim.lr == 5e-6 and cfg.optim.warmup_steps == 100 and cfg.optim.schedule == "constant"
+        assert (cfg.optim.beta1, cfg.optim.beta2, cfg.optim.weight_decay) == (0.9, 0.95, 1e-6)
+    if method in ("kd", "seqkd"):
+        assert cfg.kd.kd_ratio == 0.5 and cfg.kd.divergence == "fkl"
+
+
+def test_every_yaml_under_configs_parses():
+    files = sorted(CONFIG_DIR.rglob("*.yaml"))
+    assert len(files) >= 8
+    for f in files:
+        assert isinstance(cfglib.read_yaml(f), dict), f
+
+
+def test_wrong_type_names_file_key_and_type(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("method: sft\noptim:\n  lr: fast\n")
+    with pytest.raises(ConfigError) as e:
+        load_stage(f)
+    msg = _one_line(e.value)
+    assert str(f) in msg and "optim.lr" in msg and "expected float" in msg
+
+
+def test_unknown_key_lists_allowed(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("method: sft\nmax_stepz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_stage(f)
+    msg = _one_line(e.value)
+    assert "max_stepz" in msg and "max_steps" in msg and str(f) in msg
+
+
+def test_syntax_error_is_one_line_with_line_number(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("method: sft\noptim: {lr: 1e-3\n")
+    with pytest.raises(ConfigError) as e:
+        load_stage(f)
+    msg = _one_line(e.value)
+    assert "not valid YAML" in msg and "line" in msg
+
+
+def test_range_checks_and_missing_teacher(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("method: kd\n")
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        load_stage(f)
+    f.write_text("method: minillm\nteacher: tiny-l\nminillm: {teacher_mix_alpha: 1.5}\n")
+    with pytest.raises(ConfigError, match="teacher_mix_alpha must be in"):
+        load_stage(f)
+
+
+def test_overrides_take_precedence_and_parse_types(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("method: kd\nteacher: tiny-l\n")
+    cfg = load_stage(f, ["optim.lr=1e-3", "kd.divergence=rkl", "max_steps=7", "tensorboard=false"])
+    assert cfg.optim.lr == 1e-3 and cfg.kd.divergence == "rkl" and cfg.max_steps == 7 and cfg.tensorboard is False
+    with pytest.raises(ConfigError, match="kd.divergence must be one of"):
+        load_stage(f, ["kd.divergence=xyz"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        cfglib.apply_overrides({}, ["nonsense"])
+
+
+def test_roundtrip_to_dict(tmp_path):
+    cfg = StageConfig(method="kd", teacher="tiny-l")
+    again = cfglib.from_dict(StageConfig, cfglib.to_dict(cfg))
+    assert again == cfg
+
+
+def test_missing_file_is_clear():
+    with pytest.raises(ConfigError, match="no such config file"):
+        cfglib.read_yaml(Path("/nonexistent/x.yaml"))

@@ -1,0 +1,250 @@
+"""MiniLLM: pure functions against hand-computed values, the teacher-mixed sampler, reverse KL's mode seeking."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from takd import minillm as M
+from takd.losses import divergence
+from takd.rollout import mixed_sample, process_logits, response_mask
+
+T, F = True, False
+
+
+# ------------------------------------------------------------------------------------------ pure functions
+def test_importance_weights_hand_case():
+    w = M.importance_weights(torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.1)]), alpha=0.2)
+    assert w.item() == pytest.approx(0.5 / (0.8 * 0.5 + 0.2 * 0.1))  # 1.190476
+    assert M.importance_weights(torch.tensor([-3.0]), torch.tensor([-0.1]), alpha=0.0).item() == 1.0
+
+
+def test_token_rewards_scale_clip_and_mask():
+    logp, logq = torch.tensor([[-1.0, -5.0, -2.0]]), torch.tensor([[-2.0, -1.0, -2.0]])
+    r = M.token_rewards(logp, logq, torch.tensor([[T, T, F]]), scaling=0.5, clip=3.0)
+    assert r.tolist() == [[2.0, -3.0, 0.0]]  # (−1+2)/.5 = 2; (−5+1)/.5 = −8 -> clipped −3; masked 0
+
+
+def test_normalized_returns_hand_case_with_masked_tail():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 7.0]])  # the 7 sits on an invalid position and must be ignored
+    mask = torch.tensor([[T, T, T, F]])
+    # γ = .5: G = [1 + .5·2 + .25·3, 2 + .5·3, 3] = [2.75, 3.5, 3]; N = [3, 2, 1]
+    got = M.normalized_returns(rewards, mask, gamma=0.5)
+    assert got[0].tolist() == pytest.approx([2.75 / 3, 3.5 / 2, 3.0, 0.0])
+    raw = M.normalized_returns(rewards, mask, gamma=1.0, length_norm=False)
+    assert raw[0].tolist() == pytest.approx([6.0, 5.0, 3.0, 0.0])
+
+
+def test_normalized_returns_single_token_response():
+    got = M.normalized_returns(torch.tensor([[-0.7, 0.0, 0.0]]), torch.tensor([[T, F, F]]), gamma=0.95)
+    assert got[0].tolist() == pytest.approx([-0.7, 0.0, 0.0])
+
+
+def test_discounted_returns_match_loop():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(3, 17, generator=g, dtype=torch.float64)
+    loop = torch.zeros_like(r)
+    acc = torch.zeros(3, dtype=torch.float64)
+    for t in reversed(range(17)):
+        acc = r[:, t] + 0.95 * acc
+        loop[:, t] = acc
+    assert torch.allclose(M.discounted_returns(r, 0.95), loop)
+
+
+def test_whiten_hand_case():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    want = (x - 2.5) / math.sqrt(5 / 3 + 1e-8)  # Bessel-corrected variance 5/3 over all entries
+    assert torch.allclose(M.whiten(x), want)
+
+
+def test_policy_loss_hand_case():
+    logq = logq_old = torch.zeros(1, 3)
+    w = torch.tensor([[1.5, 0.5, 9.0]])
+    adv = torch.tensor([[1.0, -1.0, 50.0]])
+    mask = torch.tensor([[T, T, F]])
+    loss, stats = M.policy_loss(logq, logq_old, w, adv, mask, clip=0.2)
+    # token 0: max(−1.5, −1.2) = −1.2; token 1: max(0.5, 0.8) = 0.8; mean −0.2; both clipped
+    assert loss.item() == pytest.approx(-0.2)
+    assert stats["clip_frac"].item() == pytest.approx(1.0)
+    loss2, stats2 = M.policy_loss(torch.full((1, 3), 0.05), logq_old, torch.ones(1, 3), adv, mask, clip=0.2)
+    ratio = math.exp(0.05)  # inside the clip range: plain −A·ρ
+    assert loss2.item() == pytest.approx((-ratio + ratio) / 2) and stats2["clip_frac"].item() == 0.0
+
+
+def test_policy_gradient_direction():
+    logq = torch.zeros(1, 1, requires_grad=True)
+    loss, _ = M.policy_loss(logq, torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1),
+                            torch.ones(1, 1, dtype=torch.bool), clip=0.2)
+    loss.backward()
+    assert logq.grad.item() < 0  # positive advantage: descending the loss raises log q
+
+
+def test_single_step_rkl_hand_case_and_gradient():
+    s = torch.tensor([[[math.log(0.5), math.log(0.5), -1e4]]])
+    t = torch.tensor([[[math.log(0.25), math.log(0.25), math.log(0.5)]]])
+    val = M.single_step_rkl(s, t, torch.ones(1, 1, dtype=torch.bool))
+    assert val.item() == pytest.approx(math.log(2), abs=1e-6)  # Σ q log(q/p) = ln 2
+    # dKL/dz_i = q_i (log q_i − log p_i − KL): for q = [.8, .2], p = [.5, .5] the gradient is nonzero
+    z = torch.tensor([[[math.log(0.8), math.log(0.2)]]], requires_grad=True)
+    M.single_step_rkl(z, torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.bool)).backward()
+    kl = 0.8 * math.log(1.6) + 0.2 * math.log(0.4)
+    want = [0.8 * (math.log(1.6) - kl), 0.2 * (math.log(0.4) - kl)]
+    assert z.grad[0, 0].tolist() == pytest.approx(want, abs=1e-6)
+
+
+def test_pt_loss_hand_case():
+    s = torch.tensor([[[math.log(0.8), math.log(0.2)]]])
+    t = torch.tensor([[[math.log(0.75), math.log(0.25)]]])
+    labels = torch.tensor([[0]])
+    lm = -math.log(0.8)
+    kd = -(0.75 * math.log(0.8) + 0.25 * math.log(0.2))
+    assert M.pt_loss(s, t, labels, 0.5, "lm+kd").item() == pytest.approx(0.5 * lm + 0.5 * kd, abs=1e-6)
+    assert M.pt_loss(s, None, labels, 0.5, "lm").item() == pytest.approx(lm, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+class FixedDistributionLM(torch.nn.Module):
+    """A stand-in LM whose next-token distribution is the same at every position (for sampler statistics)."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.register_buffer("logits", torch.log(torch.tensor(probs)))
+
+    def forward(self, input_ids, past_key_values=None, logits_to_keep=0, **_):
+        B, L = input_ids.shape
+        return SimpleNamespace(logits=self.logits.expand(B, L, -1), past_key_values=(past_key_values or 0) + 1)
+
+
+def _onehot(v, i, eps=1e-9):
+    return [1.0 - eps * (v - 1) if j == i else eps for j in range(v)]
+
+
+def test_teacher_mix_emits_teacher_token_alpha_fraction_of_draws():
+    V, A, B_tok = 8, 3, 5
+    student, teacher = FixedDistributionLM(_onehot(V, A)), FixedDistributionLM(_onehot(V, B_tok))
+    n_rows, steps = 400, 5
+    ids = torch.ones(n_rows, 2, dtype=torch.long)
+    ro = mixed_sample(student, teacher, ids, torch.ones_like(ids), alpha=0.2, max_new_tokens=steps, eos_token_id=0,
+                      pad_token_id=0, generator=torch.Generator().manual_seed(0))
+    draws = ro.response_ids.numel()
+    frac_b = (ro.response_ids == B_tok).float().mean().item()
+    sd = math.sqrt(0.2 * 0.8 / draws)
+    assert abs(frac_b - 0.2) < 4.5 * sd, frac_b
+    assert set(ro.response_ids.unique().tolist()) == {A, B_tok}
+
+
+def test_alpha_zero_is_the_student_distribution_and_skips_the_teacher():
+    probs = [0.0, 0.5, 0.3, 0.2]
+    student = FixedDistributionLM([p + 1e-12 for p in probs])
+    teacher = FixedDistributionLM([0.25] * 4)
+    ids = torch.ones(3000, 1, dtype=torch.long)
+    kw = dict(alpha=0.0, max_new_tokens=2, eos_token_id=0, pad_token_id=0)
+    ro = mixed_sample(student, teacher, ids, torch.ones_like(ids), generator=torch.Generator().manual_seed(1), **kw)
+    ro_none = mixed_sample(student, None, ids, torch.ones_like(ids), generator=torch.Generator().manual_seed(1),
+                           **kw)
+    assert torch.equal(ro.response_ids, ro_none.response_ids)
+    counts = torch.bincount(ro.response_ids.flatten(), minlength=4).float() / ro.response_ids.numel()
+    for k in (1, 2, 3):
+        sd = math.sqrt(probs[k] * (1 - probs[k]) / ro.response_ids.numel())
+        assert abs(counts[k].item() - probs[k]) < 4.5 * sd
+
+
+def _left_padded_prompts(tok, texts):
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    P = max(map(len, enc))
+    ids = torch.tensor([[tok.pad_token_id] * (P - len(e)) + e for e in enc])
+    mask = torch.tensor([[0] * (P - len(e)) + [1] * len(e) for e in enc])
+    return ids, mask
+
+
+def _gpt2(tokenizer, seed):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
+                                      eos_token_id=tokenizer.eos_token_id)).eval()
+
+
+@pytest.mark.parametrize("arch", ["opt", "gpt2"])
+def test_cached_and_uncached_decoding_give_identical_tokens(tokenizer, arch):
+    from takd.models import load_model
+
+    student = load_model("tiny-s").eval() if arch == "opt" else _gpt2(tokenizer, 0)
+    teacher = load_model("tiny-m").eval() if arch == "opt" else _gpt2(tokenizer, 1)
+    ids, mask = _left_padded_prompts(tokenizer, ["What is the capital of Kalomi?", "Sort: 3, 1", "Hi"])
+    for seed in range(3):
+        outs = [mixed_sample(student, teacher, ids, mask, alpha=0.3, max_new_tokens=12,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                             generator=torch.Generator().manual_seed(seed), use_cache=c) for c in (True, False)]
+        assert torch.equal(outs[0].response_ids, outs[1].response_ids)
+
+
+def test_left_padding_does_not_change_a_rows_continuation(tokenizer):
+    """GPT-2 takes absolute positions from position_ids: a padded row must sample as if it were alone."""
+    model = _gpt2(tokenizer, 3)
+    ids, mask = _left_padded_prompts(tokenizer, ["a much longer prompt than the other one", "short"])
+    alone_ids, alone_mask = _left_padded_prompts(tokenizer, ["short"])
+    kw = dict(alpha=0.0, max_new_tokens=1, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+              temperature=1e-4)  # near-greedy: the argmax token must agree
+    both = mixed_sample(model, None, ids, mask, generator=torch.Generator().manual_seed(0), **kw)
+    alone = mixed_sample(model, None, alone_ids, alone_mask, generator=torch.Generator().manual_seed(0), **kw)
+    assert both.response_ids[1].tolist() == alone.response_ids[0].tolist()
+
+
+def test_rows_stop_at_eos_and_mask_includes_it():
+    resp = torch.tensor([[4, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 0]])
+    assert response_mask(resp, eos_token_id=0).tolist() == [[T, T, F, F], [T, T, T, T], [T, F, F, F]]
+    eos_first = FixedDistributionLM(_onehot(4, 0))
+    ids = torch.ones(2, 1, dtype=torch.long)
+    ro = mixed_sample(eos_first, None, ids, torch.ones_like(ids), alpha=0.0, max_new_tokens=6, eos_token_id=0,
+                      pad_token_id=0)
+    assert ro.response_ids.shape[1] == 1 and ro.lengths.tolist() == [1, 1]
+
+
+def test_process_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(process_logits(logits, top_k=2)[0, 2:]).all()
+    kept = ~torch.isinf(process_logits(logits, top_p=0.7))
+    assert kept.tolist() == [[T, T, F, F]]  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: two tokens kept
+
+
+# ------------------------------------------------------------------------------------------- mode seeking
+def _fit_unimodal(teacher_logits, kind, steps=300):
+    """Best fit of a discretised Gaussian (mean, std) over K bins to the teacher under `kind`.
+
+    Reverse KL has local optima (a wide q straddling both modes is one), so the fit is the best of several
+    restarts by the objective's own value: the comparison is between the two objectives' global optima.
+    """
+    K = teacher_logits.shape[-1]
+    x = torch.arange(K, dtype=torch.float32)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    best = None
+    for mu0 in (6.0, 12.0, 20.0, 28.0, 34.0):
+        mu = torch.tensor(mu0, requires_grad=True)
+        log_sd = torch.tensor(math.log(3.0), requires_grad=True)
+        opt = torch.optim.Adam([mu, log_sd], lr=0.05)
+        for _ in range(steps):
+            loss = divergence((-0.5 * ((x - mu) / log_sd.exp()) ** 2)[None, None], teacher_logits, mask, kind)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if best is None or loss.item() < best[0]:
+            q = (-0.5 * ((x - mu) / log_sd.exp()) ** 2).softmax(-1).detach()
+            best = (loss.item(), q, mu.item(), log_sd.exp().item())
+    return best[1:]
+
+
+def test_reverse_kl_seeks_a_mode_forward_kl_spreads():
+    K = 40
+    x = torch.arange(K, dtype=torch.float32)
+    bimodal = 0.6 * torch.exp(-0.5 * ((x - 10) / 2) ** 2) + 0.4 * torch.exp(-0.5 * ((x - 30) / 2) ** 2)
+    teacher = torch.log(bimodal / bimodal.sum())[None, None]
+    q_r, mu_r, sd_r = _fit_unimodal(teacher, "rkl")
+    q_f, mu_f, sd_f = _fit_unimodal(teacher, "fkl")
+    near_mode = lambda q, c: q[max(0, c - 5): c + 6].sum().item()  # noqa: E731
+    assert max(near_mode(q_r, 10), near_mode(q_r, 30)) > 0.9  # rkl: almost all mass on one mode
+    assert near_mode(q_f, 10) + near_mode(q_f, 30) < 0.75 and q_f[15:26].sum().item() > 0.15  # fkl: the valley
+    assert sd_f > 3 * sd_r
