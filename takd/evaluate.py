@@ -16,7 +16,6 @@ import re
 import string
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd

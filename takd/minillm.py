@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from takd.losses import masked_mean, upcast, per_position_divergence, soft_cross_entropy, token_cross_entropy
+from takd.losses import masked_mean, per_position_divergence, soft_cross_entropy, token_cross_entropy, upcast
 
 
 def importance_weights(logq_old: torch.Tensor, logp: torch.Tensor, alpha: float) -> torch.Tensor:

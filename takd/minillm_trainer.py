@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from takd import minillm as M
-from takd.data import (EpochSampler, PackedCorpus, collate_prompts, data_dir, encode_rows, load_rows,
-                       pack_corpus)
+from takd.data import EpochSampler, PackedCorpus, collate_prompts, data_dir, encode_rows, load_rows, pack_corpus
 from takd.models import base_model_name
 from takd.rollout import mixed_sample, process_logits
 from takd.trainer import Trainer

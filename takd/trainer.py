@@ -26,7 +26,7 @@ import torch
 
 from takd import checkpoint as ckpt
 from takd import config as cfglib
-from takd.data import (Example, EpochSampler, collate_sft, encode_rows, load_rows, references, write_jsonl)
+from takd.data import EpochSampler, Example, collate_sft, encode_rows, load_rows, references, write_jsonl
 from takd.evaluate import generate, score
 from takd.losses import divergence, masked_mean, shift_for_next_token, token_cross_entropy
 from takd.models import base_model_name, load_model, load_tokenizer_for, write_model_meta

@@ -1,0 +1,60 @@
+"""Per-GPU memory estimate for a stage, and the smallest allocation that fits (used by the planner's table).
+
+Bytes per student parameter under mixed-precision AdamW (16 B/param of model states: 2 weights, 2 grads,
+12 fp32 master + moments), partitioned over N data-parallel GPUs:
+    ZeRO-1: 4 + 12/N      ZeRO-2: 2 + 14/N      ZeRO-3: 16/N
+Teacher (bf16, frozen): 2 B/param replicated, 2/N under ZeRO-3. Working memory (logits over the vocabulary,
+activations with checkpointing, KV caches for rollouts) is a flat allowance per GPU. These reproduce the
+arithmetic in shared/docs/clusters-submitit-deepspeed.md §E (e.g. OPT-6.7B ZeRO-2 on 4 GPUs: 36.6 GB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORKING_GB = 6.0  # per GPU: logits, activations, rollout KV caches (rough, conservative)
+GB = 1e9
+
+
+def student_bytes_per_param(zero_stage: int, n_gpus: int) -> float:
+    return {1: 4 + 12 / n_gpus, 2: 2 + 14 / n_gpus, 3: 16 / n_gpus}[zero_stage]
+
+
+def teacher_bytes_per_param(placement: str, n_gpus: int) -> float:
+    return 2.0 if placement == "replicated" else 2.0 / n_gpus
+
+
+@dataclass
+class Allocation:
+    nodes: int
+    gpus_per_node: int
+    zero_stage: int
+    teacher_placement: str
+    mem_per_gpu_gb: float
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+def per_gpu_gb(student_params_m: float, teacher_params_m: float, zero_stage: int, placement: str,
+               n_gpus: int) -> float:
+    s = student_params_m * 1e6 * student_bytes_per_param(zero_stage, n_gpus)
+    t = teacher_params_m * 1e6 * teacher_bytes_per_param(placement, n_gpus) if teacher_params_m else 0.0
+    return (s + t) / GB + WORKING_GB
+
+
+def choose_allocation(student_params_m: float, teacher_params_m: float, gpu_mem_gb: float, gpus_per_node: int,
+                      max_nodes: int = 4, headroom: float = 0.9) -> Allocation | None:
+    """The fewest GPUs (then the least sharding) whose estimate fits in headroom × GPU memory."""
+    counts = [c for c in (1, 2, 4, 8) if c <= gpus_per_node] + [gpus_per_node * n for n in range(2, max_nodes + 1)]
+    for n in counts:
+        for zero in (1, 2, 3):
+            for placement in ("replicated", "zero3"):
+                if placement == "zero3" and zero != 3:
+                    continue  # a sharded teacher only pays off when the student is sharded too
+                gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n)
+                if gb <= headroom * gpu_mem_gb:
+                    nodes = max(1, n // gpus_per_node)
+                    return Allocation(nodes, min(n, gpus_per_node), zero, placement, gb)
+    return None

@@ -1,0 +1,200 @@
+"""Chain planner and launcher: bad input fails before anything is written, the DAG is right, and chains run
+through submitit's local executor and a real local Slurm (started by slurm/local/up.sh; see scripts/test.sh)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from takd.launch import DONE
+from takd.plan import main as plan_main
+from takd.plan import read_plan
+
+FAST = str(Path(__file__).parent / "data" / "fast_chain.yaml")
+TINY = "tiny-l,tiny-m,tiny-s"
+
+
+def _run(argv, capsys):
+    rc = plan_main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+# ----------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--chain", "tiny-l,tiny-xl"], "unknown model 'tiny-xl'"),
+    (["--chain", "tiny-l"], "needs at least a teacher and a student"),
+    (["--chain", "tiny-s,tiny-l"], "tiny-l (3M params) is not smaller than its teacher tiny-s"),
+    (["--chain", "opt-125m,tiny-s"], "mixes tokenizers"),
+    (["--chain", "tiny-l,tiny-m,tiny-l"], "model 'tiny-l' appears twice"),
+    (["--chain", TINY, "--cluster", "narval"], "cluster narval needs a Slurm account"),
+    (["--chain", TINY, "--cluster", "mars"], "unknown cluster 'mars'"),
+    (["--chain", TINY, "--baselines", "dpo"], "unknown baseline 'dpo'"),
+    (["--chain", TINY, "--set", "optim.lr=-1"], "optim.lr must be > 0"),
+    (["--chain", "opt-13b,opt-1.3b"], "on a login node run: python -m takd.prepare --models opt-13b,opt-1.3b"),
+])
+def test_bad_input_is_one_line_and_nothing_is_written(argv, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/takd.yaml
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_dir = tmp_path / "run"
+    rc, _, err = _run(argv + ["--submit", "--run-dir", str(run_dir), "--executor", "debug"], capsys)
+    lines = [x for x in err.strip().splitlines() if x.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and expected in lines[0], err
+    assert not run_dir.exists()
+
+
+def test_existing_run_dir_needs_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "plan.yaml").write_text("chain: []\nstages: []\n")
+    rc, _, err = _run(["--chain", TINY, "--submit", "--run-dir", str(run_dir), "--executor", "debug"], capsys)
+    assert rc == 2 and f"use --resume {run_dir}" in err
+
+
+# ----------------------------------------------------------------------------------------- the DAG
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    rc, out, _ = _run(["--chain", TINY, "--run-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "minillm-tiny-l-to-tiny-m" in out and "Nothing written" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_dag_hands_each_stage_its_predecessors_final_checkpoint(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "r"
+    monkeypatch.setattr("takd.launch.launch", lambda *a, **k: 0)  # plan and write the run directory only
+    rc, _, _ = _run(["--chain", TINY, "--submit", "--run-dir", str(run), "--profile", FAST, "--baselines", "sft,kd"],
+                    capsys)
+    assert rc == 0
+    _, stages = read_plan(run)
+    by = {s.name: s for s in stages}
+    fin = lambda n: str(run / "stages" / n / "final")  # noqa: E731
+    assert by["minillm-tiny-l-to-tiny-m"].config["teacher"] == fin("sft-tiny-l")
+    assert by["minillm-tiny-l-to-tiny-m"].config["student"] == fin("init-tiny-m")
+    assert by["minillm-tiny-m-to-tiny-s"].config["teacher"] == fin("minillm-tiny-l-to-tiny-m")
+    assert by["minillm-tiny-m-to-tiny-s"].depends_on == ["minillm-tiny-l-to-tiny-m", "init-tiny-s"]
+    assert by["minillm-tiny-l-to-tiny-s"].label == "direct" and by["minillm-tiny-m-to-tiny-s"].label == "via-ta"
+    assert by["baseline-kd-tiny-s"].config["student"] == "tiny-s"  # baselines start from the base model
+    assert by["baseline-kd-tiny-s"].config["teacher"] == fin("sft-tiny-l")
+    evals = {s.name for s in stages if s.kind == "eval"}
+    assert "eval-init-tiny-m" not in evals
+    assert {"eval-sft-tiny-l", "eval-init-tiny-s", "eval-minillm-tiny-m-to-tiny-s", "eval-minillm-tiny-l-to-tiny-s",
+            "eval-baseline-sft-tiny-s", "eval-baseline-kd-tiny-s"} <= evals
+    names = [s.name for s in stages]
+    for s in stages:  # topological order
+        assert all(names.index(d) < names.index(s.name) for d in s.depends_on)
+    assert yaml.safe_load((run / "plan.yaml").read_text())["git"]
+
+
+def test_no_direct_and_ta_sweep(tmp_path, capsys):
+    rc, out, _ = _run(["--chain", TINY, "--no-direct"], capsys)
+    assert rc == 0 and "minillm-tiny-l-to-tiny-s" not in out
+    rc, out, _ = _run(["--chain", "tiny-l,tiny-s", "--ta", "tiny-m|tiny-m"], capsys)
+    assert rc == 0 and out.count("\nsft-tiny-l ") == 1 and "minillm-tiny-m-to-tiny-s" in out
+
+
+def test_narval_sbatch_for_stage_one_of_the_opt_chain(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    rc, out, err = _run(["--chain", "opt-13b,opt-6.7b,opt-1.3b", "--cluster", "narval", "--account", "def-lab",
+                         "--show-sbatch", "sft-opt-13b"], capsys)
+    assert rc == 0, err
+    for line in ["#SBATCH --gpus-per-node=a100:4", "#SBATCH --account=def-lab", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --time=720", "#SBATCH --signal=USR2@120", "export HF_HUB_OFFLINE=1",
+                 "export TRANSFORMERS_OFFLINE=1", "module load StdEnv/2023"]:
+        assert line in out, line
+    assert "warning: not in the local cache" in err  # a dry run warns; --submit refuses
+
+
+# ----------------------------------------------------------------------------------------- running
+def test_local_executor_runs_the_whole_chain_and_resume_skips_done(tmp_path, capsys):
+    run = tmp_path / "r"
+    rc, out, _ = _run(["--chain", TINY, "--submit", "--executor", "local", "--run-dir", str(run), "--profile", FAST],
+                      capsys)
+    assert rc == 0, out
+    _, stages = read_plan(run)
+    assert all((run / "stages" / s.name / DONE).is_file() for s in stages)
+    assert "student via TA" in out and (run / "results.csv").is_file()
+    stamp = (run / "stages" / "sft-tiny-l" / DONE).stat().st_mtime
+    rc, out, _ = _run(["--resume", str(run), "--executor", "local"], capsys)
+    assert rc == 0 and f"{len(stages)} stage(s) already DONE" in out
+    assert (run / "stages" / "sft-tiny-l" / DONE).stat().st_mtime == stamp
+
+
+slurm = pytest.mark.skipif(shutil.which("sbatch") is None or "SLURM_CONF" not in os.environ,
+                           reason="local Slurm not running: use scripts/test.sh (starts slurm/local/up.sh)")
+
+
+def _sacct_states(job_ids, timeout_s=60):
+    """Final Slurm states; waits while a job is still in its epilogue (result written, state not yet final)."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while True:
+        out = subprocess.run(["sacct", "--parsable2", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, check=True).stdout
+        states = {line.split("|")[0]: line.split("|")[1] for line in out.splitlines()[1:] if "|" in line}
+        if time.time() > deadline or not {"RUNNING", "COMPLETING", "PENDING"} & set(states.values()):
+            return states
+        time.sleep(1)
+
+
+@slurm
+def test_slurm_chain_failure_cancels_dependants_then_resume_completes(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "r"
+    monkeypatch.setenv("TAKD_FAULT_STAGE", "minillm-tiny-l-to-tiny-m")
+    argv = ["--chain", TINY, "--submit", "--executor", "slurm", "--cluster", "local", "--run-dir", str(run),
+            "--profile", FAST, "--wait"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 1
+    jobs = yaml.safe_load((run / "jobs.yaml").read_text())
+    states = _sacct_states([str(j) for j in jobs.values()])
+    assert states[str(jobs["minillm-tiny-l-to-tiny-m"])] == "FAILED"
+    assert states[str(jobs["minillm-tiny-m-to-tiny-s"])] == "CANCELLED"  # afterok never satisfied
+    assert states[str(jobs["sft-tiny-l"])] == "COMPLETED" and (run / "stages" / "sft-tiny-l" / DONE).is_file()
+    assert not (run / "stages" / "minillm-tiny-m-to-tiny-s" / DONE).exists()
+    first_jobs = dict(jobs)
+
+    monkeypatch.delenv("TAKD_FAULT_STAGE")
+    rc, out, err = _run(["--resume", str(run), "--executor", "slurm", "--wait"], capsys)
+    assert rc == 0, err
+    jobs = yaml.safe_load((run / "jobs.yaml").read_text())
+    assert jobs["sft-tiny-l"] == first_jobs["sft-tiny-l"]  # finished stages were not re-run
+    assert jobs["minillm-tiny-m-to-tiny-s"] != first_jobs["minillm-tiny-m-to-tiny-s"]
+    states = _sacct_states([str(j) for j in jobs.values()])
+    _, stages = read_plan(run)
+    for st in stages:
+        assert (run / "stages" / st.name / DONE).is_file()
+        assert states[str(jobs[st.name])] == "COMPLETED", st.name
+    via = yaml.safe_load((run / "stages" / "minillm-tiny-m-to-tiny-s" / "stage.yaml").read_text())
+    assert via["config"]["teacher"] == str(run / "stages" / "minillm-tiny-l-to-tiny-m" / "final")
+    assert "student via TA" in out
+
+
+@slurm
+def test_slurm_timeout_requeues_and_resumes_from_checkpoint(tmp_path):
+    """A 1-minute stage that needs longer: the USR2 timeout signal requeues it; the rerun resumes."""
+    import submitit
+
+    from takd.launch import StageJob
+    from takd.plan import ChainProfile, build_plan, write_plan
+
+    run = tmp_path / "r"
+    profile = ChainProfile(dataset="builtin", common={"max_new_tokens": 16, "max_prompt_tokens": 128,
+                                                      "tensorboard": False, "eval_prompts": 4})
+    stages = build_plan(["tiny-m", "tiny-s"], run_dir=run, profile=profile,
+                        overrides=["max_steps=400", "save_every_steps=50", "eval_every_steps=0",
+                                   "select_by=last", "micro_batch_size=16"])
+    write_plan(run, stages, {"chain": ["tiny-m", "tiny-s"], "cluster": "local"})
+    ex = submitit.SlurmExecutor(folder=str(run / "slurm" / "%j"), max_num_timeout=5)
+    ex.update_parameters(time=1, signal_delay_s=25, cpus_per_task=1, ntasks_per_node=1)
+    job = ex.submit(StageJob(str(run / "stages" / "sft-tiny-m")))
+    job.result()  # raises if it never finished
+    log = Path(job.paths.stdout).read_text()
+    assert "resumed from" in log, log[-2000:]
+    assert (run / "stages" / "sft-tiny-m" / DONE).is_file()
+    assert "sft-tiny-m" in {s.name for s in stages}
