@@ -78,8 +78,9 @@ class MiniLLMTrainer(Trainer):
 
     def setup(self) -> None:
         self.buffer: list[Sample] = []
-        self.pass_order: list[int] = []
-        self.round = 0
+        self.pass_order: list[int] = []  # buffer indices left in the current PPO pass
+        self.passes_left = 0  # PPO passes still to make over the current buffer
+        self.round = 0  # rollout collections so far
         super().setup()
         self.student.eval()  # reference: no dropout during RL
         cfg = self.cfg
@@ -146,14 +147,14 @@ class MiniLLMTrainer(Trainer):
     def next_rollout_batch(self) -> list[Sample]:
         cfg = self.cfg
         if len(self.pass_order) < cfg.micro_batch_size:
-            if not self.pass_order and getattr(self, "_passes_left", 0) <= 0:
+            if self.passes_left <= 0:
                 self.collect_rollouts()
-                self._passes_left = cfg.minillm.ppo_epochs
-            rng = random.Random(f"{cfg.seed}-{self.round}-{self._passes_left}")
+                self.passes_left = cfg.minillm.ppo_epochs
+            rng = random.Random(f"{cfg.seed}-{self.round}-{self.passes_left}")
             order = list(range(len(self.buffer)))
             rng.shuffle(order)
             self.pass_order = order[: len(order) - len(order) % cfg.micro_batch_size]  # drop_last
-            self._passes_left -= 1
+            self.passes_left -= 1
         idx, self.pass_order = self.pass_order[: cfg.micro_batch_size], self.pass_order[cfg.micro_batch_size:]
         return [self.buffer[i] for i in idx]
 
@@ -224,7 +225,7 @@ class MiniLLMTrainer(Trainer):
     # -------------------------------------------------------------------------------------- checkpointing
     def extra_state(self):
         return {"buffer": [asdict(x) for x in self.buffer], "pass_order": self.pass_order, "round": self.round,
-                "passes_left": getattr(self, "_passes_left", 0), "prompt_sampler": self.prompt_sampler.state_dict(),
+                "passes_left": self.passes_left, "prompt_sampler": self.prompt_sampler.state_dict(),
                 "pt_sampler": self.pt_sampler.state_dict() if self.pt_sampler else None,
                 "rollout_stats": getattr(self, "rollout_stats", {})}
 
@@ -236,7 +237,7 @@ class MiniLLMTrainer(Trainer):
 
     def _apply_extra(self, extra):
         self.buffer = [Sample(**x) for x in extra["buffer"]]
-        self.pass_order, self.round, self._passes_left = extra["pass_order"], extra["round"], extra["passes_left"]
+        self.pass_order, self.round, self.passes_left = extra["pass_order"], extra["round"], extra["passes_left"]
         self.prompt_sampler.load_state_dict(extra["prompt_sampler"])
         if self.pt_sampler and extra["pt_sampler"]:
             self.pt_sampler.load_state_dict(extra["pt_sampler"])

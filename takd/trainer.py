@@ -13,7 +13,6 @@ trajectory (CPU: bit-identical up to float reassociation). A stage whose `final/
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import sys
@@ -32,7 +31,6 @@ from takd.losses import divergence, masked_mean, shift_for_next_token, token_cro
 from takd.models import base_model_name, load_model, load_tokenizer_for, write_model_meta
 from takd.stage import StageConfig
 
-log = logging.getLogger("takd.train")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -204,7 +202,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         cfg = self.cfg
         metrics = {"val_loss": self.validation_loss()}
-        if cfg.select_by == "rouge_l" or cfg.eval_prompts:
+        if cfg.eval_prompts:
             preds = generate(self.student, self.tokenizer, self.valid_examples, seed=cfg.seed,
                              max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=0)
             metrics.update({f"val_{k}": v for k, v in score(preds, self.valid_examples).items()})
