@@ -7,7 +7,7 @@ PY=.venv/bin/python
 export TAKD_SLURM_BASE=${TAKD_SLURM_BASE:-/tmp/takd-slurm}
 export PYTEST_TAKD_HOME=${PYTEST_TAKD_HOME:-$(mktemp -d /tmp/takd-test-home.XXXX)}
 export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-.venv/bin/ruff check takd tests benchmarks analysis
+.venv/bin/ruff check .
 bash slurm/local/up.sh
 # shellcheck disable=SC1091
 source "$TAKD_SLURM_BASE/env.sh"
