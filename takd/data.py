@@ -198,6 +198,10 @@ class EpochSampler:
             self.position += 1
         return out
 
+    def peek_order(self) -> list[int]:
+        """The current epoch's order (read-only; drawing nothing)."""
+        return list(self._order)
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 

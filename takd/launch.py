@@ -45,6 +45,14 @@ class StageJob(submitit.helpers.Checkpointable):
         if os.environ.get("TAKD_FAULT_STAGE") == spec["name"]:  # fault injection for launcher tests and drills
             raise RuntimeError(f"stage {spec['name']}: failure injected by TAKD_FAULT_STAGE")
         _export_distributed_env()
+        from takd import distributed
+
+        if distributed.world_size() > 1:
+            # Multi-process DeepSpeed training is not implemented yet: rank 0 trains alone, the others exit.
+            if not distributed.is_main():
+                return "idle rank"
+            print(f"[{spec['name']}] warning: {distributed.world_size()} tasks allocated but multi-GPU (DeepSpeed) "
+                  "training is not implemented yet; rank 0 trains on one device", flush=True)
         if spec["kind"] == "train":
             out = self._train(spec)
         else:

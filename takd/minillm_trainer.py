@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from takd import distributed
 from takd import minillm as M
 from takd.data import EpochSampler, PackedCorpus, collate_prompts, data_dir, encode_rows, load_rows, pack_corpus
 from takd.models import base_model_name
@@ -109,27 +110,31 @@ class MiniLLMTrainer(Trainer):
     def collect_rollouts(self) -> None:
         cfg, mc = self.cfg, self.cfg.minillm
         s = mc.sampling
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.round)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + self.round)
         self.buffer = []
         stats = {"reward": 0.0, "length": 0.0, "tokens": 0.0}
         for start in range(0, mc.num_rollouts, mc.rollout_batch_size):
             n = min(mc.rollout_batch_size, mc.num_rollouts - start)
             chunk = [self.prompts[i] for i in self.prompt_sampler.next_indices(n)]
-            p = collate_prompts(chunk, self.tokenizer.pad_token_id)
+            p = distributed.to_device(collate_prompts(chunk, self.tokenizer.pad_token_id), self.device)
             ro = mixed_sample(self.student, self.teacher, p["input_ids"], p["attention_mask"], alpha=mc.alpha,
                               max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                               pad_token_id=self.tokenizer.pad_token_id, temperature=s.temperature, top_k=s.top_k,
                               top_p=s.top_p, generator=gen)
             self.buffer.extend(self.score(chunk, ro, stats))
         self.round += 1
+        first = [self.prompts[i] for i in self.prompt_sampler.peek_order()[: mc.rollout_batch_size]]
+        rkl, student_len = self.student_rev_kl(first, cfg.seed * 100_003 + self.round)
         self.rollout_stats = {"reward": stats["reward"] / max(stats["tokens"], 1),
-                              "response_len": stats["tokens"] / max(len(self.buffer), 1)}
+                              "response_len": stats["tokens"] / max(len(self.buffer), 1),
+                              "rev_kl": rkl, "student_response_len": student_len}
 
     def score(self, chunk, ro, stats) -> list[Sample]:
         """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a)."""
         mc, s = self.cfg.minillm, self.cfg.minillm.sampling
         responses = [ro.response_ids[i, : int(ro.lengths[i])].tolist() for i in range(len(chunk))]
-        batch = collate_sequences([e.prompt_ids for e in chunk], responses, self.tokenizer.pad_token_id)
+        batch = distributed.to_device(collate_sequences([e.prompt_ids for e in chunk], responses,
+                                                        self.tokenizer.pad_token_id), self.device)
         tokens, mask = batch["response_ids"], batch["mask"]
         t_logits = response_logits(self.teacher, batch)
         s_logits = response_logits(self.student, batch)
@@ -192,7 +197,8 @@ class MiniLLMTrainer(Trainer):
 
     def pt_term(self) -> torch.Tensor:
         mc = self.cfg.minillm
-        b = self.corpus.batch(self.pt_sampler.next_indices(self.cfg.micro_batch_size))
+        b = distributed.to_device(self.corpus.batch(self.pt_sampler.next_indices(self.cfg.micro_batch_size)),
+                                  self.device)
         logits = self.student(input_ids=b["input_ids"]).logits
         t_logits = None
         if mc.pt_loss == "lm+kd":
@@ -202,20 +208,27 @@ class MiniLLMTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------- validation
     @torch.no_grad()
-    def extra_validation(self) -> dict[str, float]:
-        """Reverse KL to the teacher on pure-student samples of validation prompts, and their length."""
+    def student_rev_kl(self, examples, seed: int) -> tuple[float, float]:
+        """Exact per-token reverse KL to the teacher on pure-student samples (α = 0), and their mean length.
+
+        Logging only, as the reference's second, student-only rollout (reference §2a.9): it never enters the loss.
+        """
         cfg = self.cfg
-        ex = self.valid_examples[: min(len(self.valid_examples), 64)]
-        p = collate_prompts(ex, self.tokenizer.pad_token_id)
+        p = distributed.to_device(collate_prompts(examples, self.tokenizer.pad_token_id), self.device)
         ro = mixed_sample(self.student, None, p["input_ids"], p["attention_mask"], alpha=0.0,
                           max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-                          pad_token_id=self.tokenizer.pad_token_id, generator=torch.Generator().manual_seed(cfg.seed))
+                          pad_token_id=self.tokenizer.pad_token_id,
+                          generator=torch.Generator(device=self.device).manual_seed(seed))
         batch = {"input_ids": torch.cat([ro.prompt_ids, ro.response_ids], 1),
                  "attention_mask": torch.cat([ro.prompt_mask, ro.response_mask.long()], 1),
                  "prompt_len": torch.tensor(ro.prompt_ids.shape[1]), "response_ids": ro.response_ids}
         rkl = M.single_step_rkl(response_logits(self.student, batch), response_logits(self.teacher, batch),
                                 ro.response_mask)
-        return {"val_rev_kl": float(rkl), "val_response_len": float(ro.lengths.float().mean())}
+        return float(rkl), float(ro.lengths.float().mean())
+
+    def extra_validation(self) -> dict[str, float]:
+        rkl, length = self.student_rev_kl(self.valid_examples[:64], self.cfg.seed)
+        return {"val_rev_kl": rkl, "val_response_len": length}
 
     def validate(self):
         metrics = super().validate()

@@ -25,6 +25,7 @@ import torch
 
 from takd import checkpoint as ckpt
 from takd import config as cfglib
+from takd import distributed
 from takd.data import EpochSampler, Example, collate_sft, encode_rows, load_rows, references, write_jsonl
 from takd.evaluate import generate, score
 from takd.losses import divergence, masked_mean, shift_for_next_token, token_cross_entropy
@@ -78,7 +79,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         resume_from = ckpt.latest_checkpoint(self.ckpt_root)
         self.tokenizer = load_tokenizer_for(cfg.student)
-        self.student = load_model(str(resume_from) if resume_from else cfg.student, DTYPES[cfg.dtype])
+        self.device = distributed.device()
+        self.student = load_model(str(resume_from) if resume_from else cfg.student, DTYPES[cfg.dtype]).to(self.device)
         self.teacher = self.load_teacher() if (self.needs_teacher and cfg.teacher) else None
         self.train_examples = self.build_train_examples()
         self.valid_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
@@ -98,8 +100,7 @@ class Trainer:
         cfg = self.cfg
         teacher_tok = load_tokenizer_for(cfg.teacher)
         check_same_tokenizer(self.tokenizer, teacher_tok, cfg.student, cfg.teacher)
-        teacher = load_model(cfg.teacher, DTYPES[cfg.dtype]).eval().requires_grad_(False)
-        return teacher
+        return load_model(cfg.teacher, DTYPES[cfg.dtype]).to(self.device).eval().requires_grad_(False)
 
     def build_train_examples(self) -> list[Example]:
         cfg = self.cfg
@@ -171,7 +172,7 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         self.optimizer.zero_grad(set_to_none=True)
         for batch, w in zip(batches, weights, strict=True):
-            terms = self.loss_terms(batch)
+            terms = self.loss_terms(distributed.to_device(batch, self.device))
             (terms["loss"] * (w / total)).backward()
             for k, v in terms.items():
                 sums[k] += float(v.detach()) * (w / total)
@@ -189,7 +190,8 @@ class Trainer:
         self.student.eval()
         num, den = 0.0, 0.0
         for i in range(0, len(self.valid_examples), self.cfg.micro_batch_size):
-            b = collate_sft(self.valid_examples[i: i + self.cfg.micro_batch_size], self.tokenizer.pad_token_id)
+            b = distributed.to_device(collate_sft(self.valid_examples[i: i + self.cfg.micro_batch_size],
+                                                  self.tokenizer.pad_token_id), self.device)
             logits, labels = shift_for_next_token(self.student(input_ids=b["input_ids"],
                                                                attention_mask=b["attention_mask"]).logits,
                                                   b["labels"])

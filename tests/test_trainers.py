@@ -139,7 +139,9 @@ def test_distillation_methods_produce_loadable_students(method, trained_teacher,
         assert sum(g["output"] != g["gold_output"] for g in gen) > 100  # teacher samples, not gold
     if method == "minillm":
         for r in rows.values():
-            assert {"pg", "reg", "pt", "clip_frac", "reward", "response_len"} <= set(r)
+            logged = {"pg", "reg", "pt", "clip_frac", "reward", "response_len", "rev_kl", "student_response_len"}
+            assert logged <= set(r)
+            assert r["rev_kl"] >= 0
             assert r["reg"] >= 0
         ev = _metrics(tmp_path / method, "eval")[4]
         assert ev["val_rev_kl"] >= 0 and ev["val_response_len"] > 0
