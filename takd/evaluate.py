@@ -55,7 +55,8 @@ def generate(model, tokenizer, examples: list[Example], *, seed: int, max_new_to
     batches = list(iterate(examples, batch_size))
     if progress:
         from tqdm import tqdm
-        batches = tqdm(batches, desc=f"generate seed={seed}", leave=False, file=sys.stderr)
+        batches = tqdm(batches, desc=f"generate seed={seed}", leave=False, file=sys.stderr,
+                       mininterval=0.5 if sys.stderr.isatty() else 30.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for chunk in batches:
