@@ -67,7 +67,8 @@ def main() -> None:
         t0 = time.time()
         cfg = stage_cfg(profile, "distill", "minillm", name=f"minillm-seed{seed}", student=init, teacher=teacher,
                         output_dir=str(work / f"minillm-{seed}"), seed=seed, max_steps=args.steps, tensorboard=False)
-        rows.append((f"tiny-s MiniLLM seed {seed} ({time.time() - t0:.0f}s)", *rouge(str(run_stage(cfg)))))
+        final = str(run_stage(cfg))
+        rows.append((f"tiny-s MiniLLM seed {seed} ({time.time() - t0:.0f}s training)", *rouge(final)))
     lines = [f"| {name} | {m:.2f} ± {ci:.2f} |" for name, m, ci in rows]
     block = "\n".join([
         f"\n## MiniLLM tiny-l → tiny-s vs its SFT init — {dt.date.today()} — {platform.node()} "
