@@ -161,7 +161,8 @@ def final_dir(run_dir: Path, stage: str) -> str:
 
 def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method: str | None = None,
                direct: bool = True, baselines: tuple[str, ...] = (), teacher_path: str | None = None,
-               tas: list[str] | None = None, overrides: list[str] | None = None) -> list[PlannedStage]:
+               tas: list[str] | None = None, overrides: list[str] | None = None, evaluate: bool = True
+               ) -> list[PlannedStage]:
     """The stage DAG (topologically ordered) for one chain, or one chain per TA when `tas` is given."""
     method = method or profile.method
     if method not in METHODS:
@@ -205,7 +206,7 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
             deps = [teacher_stage] if b != "sft" and teacher_stage in stages else []
             train("baseline", b, name, s, s, None if b == "sft" else teacher_stage, deps, f"baseline-{b}")
     students = {ch[-1] for ch in chains}
-    for st in [x for x in stages.values() if x.kind == "train"]:
+    for st in [x for x in stages.values() if x.kind == "train" and evaluate]:
         if st.role != "init" or st.model in students:  # the student's SFT init shows what distillation adds
             add(_eval_stage(st, profile.eval, run_dir))
     return list(stages.values())
@@ -304,6 +305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--method", choices=METHODS, default=None, help="distillation method (default: profile's)")
     ap.add_argument("--ta", default=None, help="TA-size sweep: 'opt-2.7b|opt-6.7b' -> one chain per TA")
     ap.add_argument("--no-direct", action="store_true", help="skip the direct teacher->student baseline")
+    ap.add_argument("--no-eval", action="store_true", help="plan no evaluation stages (train only)")
     ap.add_argument("--baselines", default="", help="comma list of extra student baselines: sft,kd,seqkd")
     ap.add_argument("--teacher-path", default=None, help="an already fine-tuned teacher (HF dir): skips teacher SFT")
     ap.add_argument("--profile", default=None, help="chain profile YAML (default: configs/chains/tiny.yaml for tiny "
@@ -374,7 +376,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
         print(f"warning: {err}", file=sys.stderr)  # a dry run is still worth reading
     stages = build_plan(chain, run_dir=run_dir.resolve(), profile=profile, method=args.method,
                         direct=not args.no_direct, baselines=baselines, teacher_path=args.teacher_path, tas=tas,
-                        overrides=args.overrides)
+                        overrides=args.overrides, evaluate=not args.no_eval)
     assign_resources(stages, cluster)
     meta = {"chain": chain, "tas": tas, "profile": str(profile_path), "cluster": cluster.name, "account": account,
             "executor": args.executor, "git": git_revision(),
