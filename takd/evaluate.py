@@ -128,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-prompt-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=None, help="folder for results.csv and generations (default: <model>/eval)")
+    ap.add_argument("--teacher", default=None, help="with --exposure-bias: the teacher (registry name or HF dir)")
+    ap.add_argument("--exposure-bias", action="store_true", help="ExAccErr(l) of --model against --teacher")
+    ap.add_argument("--calibration", default=None, metavar="JSONL|builtin",
+                    help="ECE (10 bins) and accuracy on classification items with `labels` (builtin: the built-in "
+                         "task's parity/colour items)")
+    ap.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL for the LLM judge")
+    ap.add_argument("--judge-model", default=None, help="judge model name at --judge-url")
     args = ap.parse_args(argv)
 
     model = load_model(args.model)
@@ -147,10 +154,62 @@ def main(argv: list[str] | None = None) -> int:
             m, ci = mean_ci95(grp["value"].tolist())
             print(f"{ds:10s} {metric:12s} {m:6.2f} ± {ci:.2f}  ({len(ex)} prompts, {len(seeds)} seeds, "
                   f"{time.time() - t0:.0f}s)")
+        if args.judge_url:
+            frames.append(_judge_rows(args, ds, ex, out))
+    if args.exposure_bias:
+        frames.append(_exposure_rows(args, model, tok))
+    if args.calibration:
+        frames.append(_calibration_rows(args, model, tok))
     out.mkdir(parents=True, exist_ok=True)
     pd.concat(frames).to_csv(out / "results.csv", index=False)
     print(f"wrote {out / 'results.csv'}")
     return 0
+
+
+def _judge_rows(args, ds: str, examples: list[Example], out: Path) -> pd.DataFrame:
+    import json
+
+    from takd.judge import JudgeClient, JudgeUnavailable, judge_ratio
+
+    gens = [json.loads(x) for x in (out / f"{ds}.gen.jsonl").read_text().splitlines() if x.strip()]
+    first_seed = gens[0]["seed"]
+    items = [(g["prompt_row"]["instruction"] + ("\n" + g["prompt_row"]["input"] if g["prompt_row"].get("input")
+                                                else ""), references(g["prompt_row"])[0], g["generation"])
+             for g in gens if g["seed"] == first_seed]
+    try:
+        res = judge_ratio(JudgeClient(args.judge_url, args.judge_model or "gpt-4"), items)
+    except JudgeUnavailable as err:
+        print(f"judge skipped: {err}", file=sys.stderr)
+        return pd.DataFrame()
+    print(f"{ds:10s} judge_ratio  {res['judge_ratio']:6.2f}  ({res['items']} prompts)")
+    return pd.DataFrame([{"model": args.model, "dataset": ds, "seed": first_seed, "metric": "judge_ratio",
+                          "value": res["judge_ratio"]}])
+
+
+def _exposure_rows(args, model, tok) -> pd.DataFrame:
+    from takd.exposure_bias import exposure_bias
+    from takd.models import load_model
+
+    if not args.teacher:
+        raise SystemExit("error: --exposure-bias needs --teacher")
+    ex = encode_rows(load_rows(args.datasets.split(",")[0], args.split), tok, args.max_prompt_tokens,
+                     args.max_new_tokens, with_response=False)
+    ex = ex[: args.max_prompts] if args.max_prompts else ex
+    res = exposure_bias(model, load_model(args.teacher), tok, ex, max_new_tokens=args.max_new_tokens)
+    shown = min(15, args.max_new_tokens - 1)  # the reference prints index 15
+    print(f"exposure bias: ExAccErr({shown + 1}) = {res['ex_acc_err'][shown]:.1f} %")
+    return pd.DataFrame([{"model": args.model, "dataset": "exposure_bias", "seed": 10, "position": pos + 1,
+                          "metric": "ex_acc_err", "value": v} for pos, v in enumerate(res["ex_acc_err"])])
+
+
+def _calibration_rows(args, model, tok) -> pd.DataFrame:
+    from takd.calibration import calibration
+
+    rows = load_rows("builtin", "test") if args.calibration == "builtin" else load_rows(args.calibration, "test")
+    res = calibration(model, tok, rows)
+    print(f"calibration: ECE {res['ece']:.3f}, accuracy {res['accuracy']:.1f} % ({res['items']} items)")
+    return pd.DataFrame([{"model": args.model, "dataset": "calibration", "seed": 0, "metric": k, "value": res[k]}
+                         for k in ("ece", "accuracy")])
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from takd import distributed
 from takd import minillm as M
 from takd.data import EpochSampler, PackedCorpus, collate_prompts, data_dir, encode_rows, load_rows, pack_corpus
 from takd.models import base_model_name
-from takd.rollout import mixed_sample, process_logits
+from takd.rollout import collate_sequences, mixed_sample, pad_right, process_logits, response_logits
 from takd.trainer import Trainer
 
 
@@ -38,40 +38,14 @@ class Sample:
     rewards: list[float]
 
 
-def _pad_right(rows: list[list], value, dtype) -> torch.Tensor:
-    T = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (T - len(r)) for r in rows], dtype=dtype)
-
-
-def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int
-                      ) -> dict[str, torch.Tensor]:
-    """Left-padded prompts followed by right-padded responses: one [B, P + T] sequence, mask [B, T]."""
-    P = max(len(p) for p in prompts)
-    prompt = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts])
-    prompt_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
-    response = _pad_right(responses, pad_id, torch.long)
-    mask = _pad_right([[True] * len(r) for r in responses], False, torch.bool)
-    return {"input_ids": torch.cat([prompt, response], 1), "attention_mask": torch.cat([prompt_mask, mask.long()], 1),
-            "prompt_len": torch.tensor(P), "response_ids": response, "mask": mask}
-
-
 def collate_rollouts(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """`collate_sequences` plus the per-token rollout tensors [B, T] (zero/one padded)."""
     return {
         **collate_sequences([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id),
-        "logq_old": _pad_right([s.logq_old for s in samples], 0.0, torch.float32),
-        "weights": _pad_right([s.weights for s in samples], 1.0, torch.float32),
-        "rewards": _pad_right([s.rewards for s in samples], 0.0, torch.float32),
+        "logq_old": pad_right([s.logq_old for s in samples], 0.0, torch.float32),
+        "weights": pad_right([s.weights for s in samples], 1.0, torch.float32),
+        "rewards": pad_right([s.rewards for s in samples], 0.0, torch.float32),
     }
-
-
-def response_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits at the positions that predict each response token: [B, T_resp, V]."""
-    attn = batch["attention_mask"]
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    logits = model(input_ids=batch["input_ids"], attention_mask=attn, position_ids=pos).logits
-    P, T = int(batch["prompt_len"]), batch["response_ids"].shape[1]
-    return logits[:, P - 1: P - 1 + T]
 
 
 class MiniLLMTrainer(Trainer):
@@ -219,9 +193,7 @@ class MiniLLMTrainer(Trainer):
                           max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                           pad_token_id=self.tokenizer.pad_token_id,
                           generator=torch.Generator(device=self.device).manual_seed(seed))
-        batch = {"input_ids": torch.cat([ro.prompt_ids, ro.response_ids], 1),
-                 "attention_mask": torch.cat([ro.prompt_mask, ro.response_mask.long()], 1),
-                 "prompt_len": torch.tensor(ro.prompt_ids.shape[1]), "response_ids": ro.response_ids}
+        batch = ro.as_batch()
         rkl = M.single_step_rkl(response_logits(self.student, batch), response_logits(self.teacher, batch),
                                 ro.response_mask)
         return float(rkl), float(ro.lengths.float().mean())

@@ -32,6 +32,13 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    def as_batch(self) -> dict[str, torch.Tensor]:
+        """Prompt + response as one sequence, in the layout `response_logits` reads."""
+        return {"input_ids": torch.cat([self.prompt_ids, self.response_ids], 1),
+                "attention_mask": torch.cat([self.prompt_mask, self.response_mask.long()], 1),
+                "prompt_len": torch.tensor(self.prompt_ids.shape[1]), "response_ids": self.response_ids,
+                "mask": self.response_mask}
+
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
                    ) -> torch.Tensor:
@@ -119,3 +126,28 @@ def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor
     is_eos = response_ids == eos_token_id
     eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # an EOS occurred strictly earlier
     return ~eos_before
+
+
+def pad_right(rows: list[list], value, dtype) -> torch.Tensor:
+    T = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (T - len(r)) for r in rows], dtype=dtype)
+
+
+def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int
+                      ) -> dict[str, torch.Tensor]:
+    """Left-padded prompts followed by right-padded responses: one [B, P + T] sequence, mask [B, T]."""
+    P = max(len(p) for p in prompts)
+    prompt = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts])
+    prompt_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    response = pad_right(responses, pad_id, torch.long)
+    mask = pad_right([[True] * len(r) for r in responses], False, torch.bool)
+    return {"input_ids": torch.cat([prompt, response], 1), "attention_mask": torch.cat([prompt_mask, mask.long()], 1),
+            "prompt_len": torch.tensor(P), "response_ids": response, "mask": mask}
+
+
+def response_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits at the positions that predict each response token: [B, T_resp, V]."""
+    attn = batch["attention_mask"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=attn, position_ids=_positions(attn)).logits
+    P, T = int(batch["prompt_len"]), batch["response_ids"].shape[1]
+    return logits[:, P - 1: P - 1 + T]
