@@ -114,9 +114,40 @@ def evaluate_model(model, tokenizer, examples: list[Example], seeds: tuple[int, 
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_evaluation(model_path: str, *, datasets: list[str], split: str = "test",
+                   seeds: tuple[int, ...] = PROTOCOL_SEEDS, max_prompts: int = 0, max_new_tokens: int = 256,
+                   max_prompt_tokens: int = 256, batch_size: int = 16, out: Path, meta: dict | None = None,
+                   teacher: str | None = None, exposure_bias: bool = False, exposure_prompts: int = 50,
+                   calibration: str | None = None, judge_url: str | None = None, judge_model: str | None = None
+                   ) -> pd.DataFrame:
+    """Every requested evaluation of one model as tidy rows; generations kept under `out`."""
     from takd.models import load_model, load_tokenizer_for
 
+    model, tok = load_model(model_path), load_tokenizer_for(model_path)
+    meta = {"model": model_path, **(meta or {})}
+    frames = []
+    for ds in datasets:
+        ex = encode_rows(load_rows(ds, split), tok, max_prompt_tokens, max_new_tokens, with_response=False)
+        ex = ex[:max_prompts] if max_prompts else ex
+        t0 = time.time()
+        df = evaluate_model(model, tok, ex, seeds, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            meta={**meta, "dataset": ds}, generations_path=out / f"{ds}.gen.jsonl")
+        frames.append(df)
+        for metric, grp in df.groupby("metric"):
+            m, ci = mean_ci95(grp["value"].tolist())
+            print(f"{ds:10s} {metric:12s} {m:6.2f} ± {ci:.2f}  ({len(ex)} prompts, {len(seeds)} seeds, "
+                  f"{time.time() - t0:.0f}s)", flush=True)
+        if judge_url:
+            frames.append(_judge_rows(judge_url, judge_model, ds, out, meta))
+    if exposure_bias and teacher:
+        frames.append(_exposure_rows(model, tok, teacher, datasets[0], split, exposure_prompts, max_prompt_tokens,
+                                     max_new_tokens, meta))
+    if calibration:
+        frames.append(_calibration_rows(model, tok, calibration, meta))
+    return pd.concat(frames, ignore_index=True)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m takd.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="registry name or HF directory")
@@ -130,43 +161,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="folder for results.csv and generations (default: <model>/eval)")
     ap.add_argument("--teacher", default=None, help="with --exposure-bias: the teacher (registry name or HF dir)")
     ap.add_argument("--exposure-bias", action="store_true", help="ExAccErr(l) of --model against --teacher")
+    ap.add_argument("--exposure-prompts", type=int, default=50, help="prompts for the exposure-bias estimate")
     ap.add_argument("--calibration", default=None, metavar="JSONL|builtin",
                     help="ECE (10 bins) and accuracy on classification items with `labels` (builtin: the built-in "
                          "task's parity/colour items)")
     ap.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL for the LLM judge")
     ap.add_argument("--judge-model", default=None, help="judge model name at --judge-url")
     args = ap.parse_args(argv)
-
-    model = load_model(args.model)
-    tok = load_tokenizer_for(args.model)
-    seeds = tuple(int(s) for s in args.seeds.split(","))
+    if args.exposure_bias and not args.teacher:
+        ap.error("--exposure-bias needs --teacher")
     out = Path(args.out) if args.out else Path(args.model) / "eval"
-    frames = []
-    for ds in args.datasets.split(","):
-        rows = load_rows(ds, args.split)
-        ex = encode_rows(rows, tok, args.max_prompt_tokens, args.max_new_tokens, with_response=False)
-        ex = ex[: args.max_prompts] if args.max_prompts else ex
-        t0 = time.time()
-        df = evaluate_model(model, tok, ex, seeds, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            meta={"model": args.model, "dataset": ds}, generations_path=out / f"{ds}.gen.jsonl")
-        frames.append(df)
-        for metric, grp in df.groupby("metric"):
-            m, ci = mean_ci95(grp["value"].tolist())
-            print(f"{ds:10s} {metric:12s} {m:6.2f} ± {ci:.2f}  ({len(ex)} prompts, {len(seeds)} seeds, "
-                  f"{time.time() - t0:.0f}s)")
-        if args.judge_url:
-            frames.append(_judge_rows(args, ds, ex, out))
-    if args.exposure_bias:
-        frames.append(_exposure_rows(args, model, tok))
-    if args.calibration:
-        frames.append(_calibration_rows(args, model, tok))
-    out.mkdir(parents=True, exist_ok=True)
-    pd.concat(frames).to_csv(out / "results.csv", index=False)
+    df = run_evaluation(args.model, datasets=args.datasets.split(","), split=args.split,
+                        seeds=tuple(int(s) for s in args.seeds.split(",")), max_prompts=args.max_prompts,
+                        max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                        batch_size=args.batch_size, out=out, teacher=args.teacher, exposure_bias=args.exposure_bias,
+                        exposure_prompts=args.exposure_prompts, calibration=args.calibration,
+                        judge_url=args.judge_url, judge_model=args.judge_model)
+    write_results(df, out)
     print(f"wrote {out / 'results.csv'}")
     return 0
 
 
-def _judge_rows(args, ds: str, examples: list[Example], out: Path) -> pd.DataFrame:
+def write_results(df: pd.DataFrame, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.csv.tmp"
+    df.to_csv(tmp, index=False)
+    tmp.replace(out / "results.csv")
+    return out / "results.csv"
+
+
+def _judge_rows(url: str, judge_model: str | None, ds: str, out: Path, meta: dict) -> pd.DataFrame:
     import json
 
     from takd.judge import JudgeClient, JudgeUnavailable, judge_ratio
@@ -177,40 +201,35 @@ def _judge_rows(args, ds: str, examples: list[Example], out: Path) -> pd.DataFra
                                                 else ""), references(g["prompt_row"])[0], g["generation"])
              for g in gens if g["seed"] == first_seed]
     try:
-        res = judge_ratio(JudgeClient(args.judge_url, args.judge_model or "gpt-4"), items)
-    except JudgeUnavailable as err:
+        res = judge_ratio(JudgeClient(url, judge_model or "gpt-4"), items)
+    except Exception as err:  # JudgeUnavailable, or a malformed reply: evaluation goes on without the judge
+        if not isinstance(err, (JudgeUnavailable, ValueError)):
+            raise
         print(f"judge skipped: {err}", file=sys.stderr)
         return pd.DataFrame()
     print(f"{ds:10s} judge_ratio  {res['judge_ratio']:6.2f}  ({res['items']} prompts)")
-    return pd.DataFrame([{"model": args.model, "dataset": ds, "seed": first_seed, "metric": "judge_ratio",
+    return pd.DataFrame([{**meta, "dataset": ds, "seed": first_seed, "metric": "judge_ratio",
                           "value": res["judge_ratio"]}])
 
 
-def _exposure_rows(args, model, tok) -> pd.DataFrame:
+def _exposure_rows(model, tok, teacher: str, dataset: str, split: str, n_prompts: int, max_prompt_tokens: int,
+                   max_new_tokens: int, meta: dict) -> pd.DataFrame:
     from takd.exposure_bias import exposure_bias
     from takd.models import load_model
 
-    if not args.teacher:
-        raise SystemExit("error: --exposure-bias needs --teacher")
-    ex = encode_rows(load_rows(args.datasets.split(",")[0], args.split), tok, args.max_prompt_tokens,
-                     args.max_new_tokens, with_response=False)
-    ex = ex[: args.max_prompts] if args.max_prompts else ex
-    res = exposure_bias(model, load_model(args.teacher), tok, ex, max_new_tokens=args.max_new_tokens)
-    shown = min(15, args.max_new_tokens - 1)  # the reference prints index 15
-    print(f"exposure bias: ExAccErr({shown + 1}) = {res['ex_acc_err'][shown]:.1f} %")
-    return pd.DataFrame([{"model": args.model, "dataset": "exposure_bias", "seed": 10, "position": pos + 1,
+    ex = encode_rows(load_rows(dataset, split), tok, max_prompt_tokens, max_new_tokens, with_response=False)
+    res = exposure_bias(model, load_model(teacher), tok, ex[:n_prompts], max_new_tokens=max_new_tokens)
+    shown = min(15, max_new_tokens - 1)  # the reference prints index 15
+    print(f"exposure bias: ExAccErr({shown + 1}) = {res['ex_acc_err'][shown]:.1f} % ({len(ex[:n_prompts])} prompts)")
+    return pd.DataFrame([{**meta, "dataset": "exposure_bias", "seed": 10, "position": pos + 1,
                           "metric": "ex_acc_err", "value": v} for pos, v in enumerate(res["ex_acc_err"])])
 
 
-def _calibration_rows(args, model, tok) -> pd.DataFrame:
+def _calibration_rows(model, tok, source: str, meta: dict) -> pd.DataFrame:
     from takd.calibration import calibration
 
-    rows = load_rows("builtin", "test") if args.calibration == "builtin" else load_rows(args.calibration, "test")
+    rows = load_rows("builtin", "test") if source == "builtin" else load_rows(source, "test")
     res = calibration(model, tok, rows)
     print(f"calibration: ECE {res['ece']:.3f}, accuracy {res['accuracy']:.1f} % ({res['items']} items)")
-    return pd.DataFrame([{"model": args.model, "dataset": "calibration", "seed": 0, "metric": k, "value": res[k]}
+    return pd.DataFrame([{**meta, "dataset": "calibration", "seed": 0, "metric": k, "value": res[k]}
                          for k in ("ece", "accuracy")])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

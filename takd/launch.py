@@ -77,33 +77,20 @@ class StageJob(submitit.helpers.Checkpointable):
         return run_stage(cfg)
 
     def _evaluate(self, spec: dict) -> Path:
-        import pandas as pd
-
-        from takd.data import encode_rows, load_rows
-        from takd.evaluate import evaluate_model
-        from takd.models import load_model, load_tokenizer_for
+        from takd.evaluate import run_evaluation, write_results
         from takd.train import quiet_libraries
 
         quiet_libraries()
         c = spec["config"]
         self._check_inputs([c["model"]])
-        model, tok = load_model(c["model"]), load_tokenizer_for(c["model"])
-        out = Path(c["output_dir"])
-        frames = []
-        for ds in c["datasets"]:
-            ex = encode_rows(load_rows(ds, c["split"]), tok, c["max_prompt_tokens"], c["max_new_tokens"],
-                             with_response=False)
-            ex = ex[: c["max_prompts"]] if c["max_prompts"] else ex
-            frames.append(evaluate_model(model, tok, ex, tuple(c["seeds"]), max_new_tokens=c["max_new_tokens"],
-                                         batch_size=c["batch_size"], meta={**c["meta"], "dataset": ds},
-                                         generations_path=out / f"{ds}.gen.jsonl"))
-        df = pd.concat(frames)
-        tmp = out / "results.csv.tmp"
-        df.to_csv(tmp, index=False)
-        tmp.replace(out / "results.csv")
-        means = df.groupby(["dataset", "metric"])["value"].mean()
-        print(f"[{spec['name']}] " + ", ".join(f"{ds}/{m}={v:.2f}" for (ds, m), v in means.items()), flush=True)
-        return out / "results.csv"
+        teacher = c["meta"].get("teacher") or None
+        df = run_evaluation(c["model"], datasets=c["datasets"], split=c["split"], seeds=tuple(c["seeds"]),
+                            max_prompts=c["max_prompts"], max_new_tokens=c["max_new_tokens"],
+                            max_prompt_tokens=c["max_prompt_tokens"], batch_size=c["batch_size"],
+                            out=Path(c["output_dir"]), meta=c["meta"], teacher=teacher,
+                            exposure_bias=c.get("exposure_bias", False), exposure_prompts=c.get("exposure_prompts", 50),
+                            calibration=c.get("calibration"))
+        return write_results(df, Path(c["output_dir"]))
 
 
 def _export_distributed_env() -> None:

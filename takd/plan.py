@@ -47,6 +47,9 @@ class EvalSettings:
     max_new_tokens: int = 256
     max_prompt_tokens: int = 256
     batch_size: int = 16  # prompts per generate call
+    exposure_bias: bool = False  # ExAccErr of each distilled model against its own teacher
+    exposure_prompts: int = 50  # prompts for the exposure-bias estimate
+    calibration: str | None = None  # "builtin" or a JSONL of classification items (ECE, accuracy)
 
 
 @dataclass
