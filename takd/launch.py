@@ -182,10 +182,18 @@ def _run_in_order(run_dir: Path, todo: list[PlannedStage], kind: str) -> int:
         timings[st.name] = time.time() - t_stage
         print(f"    done in {timings[st.name]:.0f}s", flush=True)
     _write_timings(run_dir, timings, time.time() - t0)
+    _summarise(run_dir)
+    return 0
+
+
+def _summarise(run_dir: Path) -> None:
+    """The direct-vs-TA table on the console, and the full report beside the run."""
+    from takd.report import build_report
     from takd.results import print_summary
 
     print_summary(run_dir)
-    return 0
+    report = build_report([run_dir], run_dir / "report")
+    print(f"report: {report}")
 
 
 def _follow(job, poll_s: float = 1.0) -> None:
@@ -244,7 +252,5 @@ def _launch_slurm(run_dir: Path, todo: list[PlannedStage], meta: dict, wait: boo
             failed += 1
             print(f"stage {st.name} (job {job.job_id}) did not complete: {type(err).__name__}", file=sys.stderr)
     if not failed:
-        from takd.results import print_summary
-
-        print_summary(run_dir)
+        _summarise(run_dir)
     return 1 if failed else 0

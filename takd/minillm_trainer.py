@@ -202,11 +202,6 @@ class MiniLLMTrainer(Trainer):
         rkl, length = self.student_rev_kl(self.valid_examples[:64], self.cfg.seed)
         return {"val_rev_kl": rkl, "val_response_len": length}
 
-    def validate(self):
-        metrics = super().validate()
-        self.student.eval()
-        return metrics
-
     # -------------------------------------------------------------------------------------- checkpointing
     def extra_state(self):
         return {"buffer": [asdict(x) for x in self.buffer], "pass_order": self.pass_order, "round": self.round,

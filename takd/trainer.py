@@ -58,6 +58,24 @@ def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str) -
             "chain must use the same tokenizer (pick one model family)")
 
 
+@torch.no_grad()
+def response_cross_entropy(model, examples: list[Example], pad_id: int, batch_size: int,
+                           device: torch.device | str = "cpu") -> float:
+    """Token-mean CE of the gold responses (the init-selection criterion, reference §1). Leaves `model` in train
+    mode if it was."""
+    was_training = model.training
+    model.eval()
+    num, den = 0.0, 0.0
+    for i in range(0, len(examples), batch_size):
+        b = distributed.to_device(collate_sft(examples[i: i + batch_size], pad_id), device)
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        logits, labels = shift_for_next_token(out.logits, b["labels"])
+        num += float(token_cross_entropy(logits, labels).sum())
+        den += float((labels >= 0).sum())
+    model.train(was_training)
+    return num / max(den, 1.0)
+
+
 class Trainer:
     """Shared loop. Subclasses define `loss_terms` (and optionally `micro_batches`, `build_train_examples`)."""
 
@@ -184,22 +202,9 @@ class Trainer:
         return dict(sums)
 
     # ------------------------------------------------------------------------------------------ validation
-    @torch.no_grad()
     def validation_loss(self) -> float:
-        """Response-token CE on the validation examples (the init-selection criterion, reference §1)."""
-        self.student.eval()
-        num, den = 0.0, 0.0
-        for i in range(0, len(self.valid_examples), self.cfg.micro_batch_size):
-            b = distributed.to_device(collate_sft(self.valid_examples[i: i + self.cfg.micro_batch_size],
-                                                  self.tokenizer.pad_token_id), self.device)
-            logits, labels = shift_for_next_token(self.student(input_ids=b["input_ids"],
-                                                               attention_mask=b["attention_mask"]).logits,
-                                                  b["labels"])
-            ce = token_cross_entropy(logits, labels)
-            num += float(ce.sum())
-            den += float((labels >= 0).sum())
-        self.student.train()
-        return num / max(den, 1.0)
+        return response_cross_entropy(self.student, self.valid_examples, self.tokenizer.pad_token_id,
+                                      self.cfg.micro_batch_size, self.device)
 
     def validate(self) -> dict[str, float]:
         cfg = self.cfg

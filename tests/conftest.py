@@ -36,3 +36,24 @@ def trained_teacher(tmp_path_factory) -> Path:
     cfg.optim.lr = 2e-3
     cfg.optim.warmup_steps = 10
     return run_stage(cfg)
+
+
+FAST_PROFILE = Path(__file__).parent / "data" / "fast_chain.yaml"
+
+
+@pytest.fixture(scope="session")
+def fast_chain_run(tmp_path_factory) -> tuple[Path, int, str]:
+    """The tiny chain (tiny-l, tiny-m, tiny-s, direct baseline) run once through submitit's local executor.
+
+    Returns (run directory, exit code, console output)."""
+    import contextlib
+    import io
+
+    from takd.plan import main as plan_main
+
+    run = tmp_path_factory.mktemp("chain") / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = plan_main(["--chain", "tiny-l,tiny-m,tiny-s", "--submit", "--executor", "local", "--run-dir", str(run),
+                        "--profile", str(FAST_PROFILE)])
+    return run, rc, buf.getvalue()

@@ -113,14 +113,13 @@ def test_narval_sbatch_for_stage_one_of_the_opt_chain(capsys, monkeypatch, tmp_p
 
 
 # ----------------------------------------------------------------------------------------- running
-def test_local_executor_runs_the_whole_chain_and_resume_skips_done(tmp_path, capsys):
-    run = tmp_path / "r"
-    rc, out, _ = _run(["--chain", TINY, "--submit", "--executor", "local", "--run-dir", str(run), "--profile", FAST],
-                      capsys)
+def test_local_executor_runs_the_whole_chain_and_resume_skips_done(fast_chain_run, capsys):
+    run, rc, out = fast_chain_run
     assert rc == 0, out
     _, stages = read_plan(run)
     assert all((run / "stages" / s.name / DONE).is_file() for s in stages)
     assert "student via TA" in out and (run / "results.csv").is_file()
+    assert f"report: {run / 'report' / 'report.md'}" in out and (run / "report" / "rouge_l.png").is_file()
     stamp = (run / "stages" / "sft-tiny-l" / DONE).stat().st_mtime
     rc, out, _ = _run(["--resume", str(run), "--executor", "local"], capsys)
     assert rc == 0 and f"{len(stages)} stage(s) already DONE" in out

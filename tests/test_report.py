@@ -1,0 +1,76 @@
+"""Results, report and the analysis notebook on the output of a real tiny-chain run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import nbformat
+import pandas as pd
+import pytest
+from nbclient import NotebookClient
+
+from takd.report import main as report_main
+from takd.results import collect, direct_vs_ta, summary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _assert_real_png(path: Path) -> None:
+    img = mpimg.imread(path)
+    assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0.01, path  # not blank
+
+
+def test_results_rows_and_direct_vs_ta(fast_chain_run):
+    run, rc, _ = fast_chain_run
+    assert rc == 0
+    df = collect([run])
+    columns = {"run", "chain", "label", "stage", "model", "method", "dataset", "seed", "metric", "value"}
+    assert columns <= set(df.columns)
+    assert set(df[df["metric"] == "rouge_l"]["label"]) == {"teacher", "ta", "init", "via-ta", "direct"}
+    d = direct_vs_ta(df)
+    rl = df[(df["metric"] == "rouge_l") & (df["dataset"] == "builtin")]
+    by_seed = rl.pivot_table(index="seed", columns="label", values="value")
+    assert d.iloc[0]["delta"] == pytest.approx((by_seed["via-ta"] - by_seed["direct"]).mean())
+    assert d.iloc[0]["seeds"] == 2
+
+
+def test_report_tables_and_figures(fast_chain_run, tmp_path):
+    run, _, _ = fast_chain_run
+    assert report_main([str(run), "--out", str(tmp_path / "rep")]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    s = summary(collect([run]))
+    for _, r in s.iterrows():
+        assert f"{r['mean']:.2f}" in report, r["stage"]
+    for png in ["rouge_l.png", "curve_loss.png", "curve_rev_kl.png"]:
+        _assert_real_png(tmp_path / "rep" / png)
+    assert "Calibration" in report and "Exposure bias" in report
+    assert (tmp_path / "rep" / "report.html").is_file()
+    assert report_main([str(tmp_path)]) == 2  # not a run directory
+
+
+def test_notebook_executes_headless_and_matches_takd_results(fast_chain_run, tmp_path):
+    run, _, _ = fast_chain_run
+    nb = nbformat.read(REPO / "analysis" / "direct_vs_ta.ipynb", as_version=4)
+    out = tmp_path / "nb"
+    os.environ["TAKD_ANALYSIS_RUNS"], os.environ["TAKD_ANALYSIS_OUT"] = str(run), str(out)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    finally:
+        del os.environ["TAKD_ANALYSIS_RUNS"], os.environ["TAKD_ANALYSIS_OUT"]
+    for png in ["rouge_l.png", "curves.png"]:
+        _assert_real_png(out / png)
+    got = pd.read_csv(out / "summary.csv")
+    want = summary(collect([run]))
+    assert got["mean"].tolist() == pytest.approx(want["mean"].tolist())
+    got_d = pd.read_csv(out / "direct_vs_ta.csv")
+    assert got_d["delta"].tolist() == pytest.approx(direct_vs_ta(collect([run]))["delta"].tolist())
+
+
+def test_paired_notebook_files_are_in_sync():
+    import jupytext
+
+    py = jupytext.read(REPO / "analysis" / "direct_vs_ta.py")
+    ipynb = nbformat.read(REPO / "analysis" / "direct_vs_ta.ipynb", as_version=4)
+    assert [c.source for c in py.cells] == [c.source for c in ipynb.cells]
