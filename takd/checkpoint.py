@@ -43,6 +43,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def commit_directory(tmp: Path, final: Path) -> None:
+    """Mark a fully written `tmp` complete, fsync it, and rename it to `final` (replacing an older copy)."""
+    (tmp / COMPLETE).write_text("ok\n")
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if final.exists():
+        # Move the old one aside first so that `final` is never missing a complete copy for long.
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    _fsync_dir(final.parent)
+
+
 @contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a temporary directory; on success mark it complete and rename it to `final` (replacing it)."""
@@ -52,20 +70,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        (tmp / COMPLETE).write_text("ok\n")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if final.exists():
-            # Move the old one aside first so that `final` is never missing a complete copy for long.
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-        _fsync_dir(final.parent)
+        commit_directory(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -47,12 +47,8 @@ class StageJob(submitit.helpers.Checkpointable):
         _export_distributed_env()
         from takd import distributed
 
-        if distributed.world_size() > 1:
-            # Multi-process DeepSpeed training is not implemented yet: rank 0 trains alone, the others exit.
-            if not distributed.is_main():
-                return "idle rank"
-            print(f"[{spec['name']}] warning: {distributed.world_size()} tasks allocated but multi-GPU (DeepSpeed) "
-                  "training is not implemented yet; rank 0 trains on one device", flush=True)
+        if spec["kind"] == "eval" and not distributed.is_main():
+            return "evaluation runs on rank 0"
         if spec["kind"] == "train":
             out = self._train(spec)
         else:

@@ -84,12 +84,15 @@ class MiniLLMTrainer(Trainer):
     def collect_rollouts(self) -> None:
         cfg, mc = self.cfg, self.cfg.minillm
         s = mc.sampling
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + self.round)
+        # num_rollouts is global (reference §3): each rank samples its share from its slice of the prompt stream
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + self.round * 1_009 + self.rank)
+        per_rank = mc.num_rollouts // self.world
         self.buffer = []
         stats = {"reward": 0.0, "length": 0.0, "tokens": 0.0}
-        for start in range(0, mc.num_rollouts, mc.rollout_batch_size):
-            n = min(mc.rollout_batch_size, mc.num_rollouts - start)
-            chunk = [self.prompts[i] for i in self.prompt_sampler.next_indices(n)]
+        for start in range(0, per_rank, mc.rollout_batch_size):
+            n = min(mc.rollout_batch_size, per_rank - start)
+            idx = self.prompt_sampler.next_indices(n * self.world)[self.rank * n: (self.rank + 1) * n]
+            chunk = [self.prompts[i] for i in idx]
             p = distributed.to_device(collate_prompts(chunk, self.tokenizer.pad_token_id), self.device)
             ro = mixed_sample(self.student, self.teacher, p["input_ids"], p["attention_mask"], alpha=mc.alpha,
                               max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,

@@ -244,6 +244,13 @@ def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile) -> Non
         st.nodes, st.gpus_per_node = alloc.nodes, alloc.gpus_per_node
         st.mem_per_gpu_gb, st.zero_stage, st.teacher_placement = alloc.mem_per_gpu_gb, alloc.zero_stage, \
             alloc.teacher_placement
+        if st.kind == "train" and st.nodes * st.gpus_per_node > 1:
+            st.config["deepspeed"].update(enabled=True, zero_stage=alloc.zero_stage)
+
+
+def unsupported_stages(stages: list[PlannedStage]) -> list[str]:
+    """Stages whose planned allocation needs ZeRO-3 or a sharded teacher, which the trainer cannot run yet."""
+    return [st.name for st in stages if st.kind == "train" and (st.zero_stage == 3 or st.teacher_placement == "zero3")]
 
 
 def _model_of(path_or_name: str, stages: list[PlannedStage]) -> str:
@@ -400,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         print(sbatch_script(run_dir, stages, meta, args.show_sbatch))
         return 0
     print(plan_table(stages))
+    blocked = unsupported_stages(stages)
+    if blocked:
+        print(f"warning: {', '.join(blocked)} need ZeRO-3 (the model does not fit otherwise), which takd does not run "
+              "yet; use GPUs with more memory (e.g. --cluster rorqual) or a smaller chain", file=sys.stderr)
     if not (args.submit or args.resume):
         print(f"\n{len(stages)} stages. Nothing written; add --submit to create {run_dir} and submit.")
         return 0

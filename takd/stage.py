@@ -119,6 +119,18 @@ class MiniLLMConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """The student as a DeepSpeed engine. Always on when the stage runs as several processes."""
+
+    enabled: bool = False  # also for a single process (e.g. to test the engine path)
+    zero_stage: int = 1  # 1 | 2 (3: not yet)
+    offload_optimizer: bool = False  # optimizer states in host memory (ZeRO-3 only, not yet)
+
+    def __post_init__(self) -> None:
+        check(self.zero_stage in (1, 2, 3), f"deepspeed.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+
+
+@dataclass
 class StageConfig:
     name: str = "stage"
     method: Method = "sft"
@@ -145,6 +157,7 @@ class StageConfig:
     kd: KDConfig = field(default_factory=KDConfig)
     seqkd: SeqKDConfig = field(default_factory=SeqKDConfig)
     minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self) -> None:
         check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")

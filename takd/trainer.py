@@ -26,6 +26,7 @@ import torch
 from takd import checkpoint as ckpt
 from takd import config as cfglib
 from takd import distributed
+from takd import engine as engine_lib
 from takd.data import EpochSampler, Example, collate_sft, encode_rows, load_rows, references, write_jsonl
 from takd.evaluate import generate, score
 from takd.losses import divergence, masked_mean, shift_for_next_token, token_cross_entropy
@@ -95,6 +96,11 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.use_engine = cfg.deepspeed.enabled or self.world > 1
+        if self.use_engine:
+            engine_lib.deepspeed_config(cfg)  # refuse unsupported settings before any work
+            engine_lib.init_process_group()
         resume_from = ckpt.latest_checkpoint(self.ckpt_root)
         self.tokenizer = load_tokenizer_for(cfg.student)
         self.device = distributed.device()
@@ -109,6 +115,8 @@ class Trainer:
                                            weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, o, cfg.max_steps))
+        self.engine = engine_lib.build_engine(self.student, self.optimizer, self.scheduler, cfg) \
+            if self.use_engine else None
         if resume_from:
             self.restore(resume_from)
         self.student.train()
@@ -126,13 +134,16 @@ class Trainer:
                            cfg.max_new_tokens)
 
     def log_setup(self, resume_from: Path | None) -> None:
+        if self.rank != 0:
+            return
         cfg = self.cfg
         n_params = sum(p.numel() for p in self.student.parameters())
-        seqs = cfg.micro_batch_size * cfg.grad_accum_steps
-        msg = (f"[{cfg.name}] {cfg.method}: student {cfg.student} ({n_params / 1e6:.2f}M params)"
+        seqs = cfg.micro_batch_size * cfg.grad_accum_steps * self.world
+        engine = f", DeepSpeed ZeRO-{cfg.deepspeed.zero_stage} on {self.world} process(es)" if self.engine else ""
+        msg = (f"[{cfg.name}] {cfg.method}: student {cfg.student} ({n_params / 1e6:.2f}M params){engine}"
                f"{f', teacher {cfg.teacher}' if self.teacher is not None else ''}; {len(self.train_examples)} "
                f"train examples, {len(self.valid_examples)} valid; {seqs} sequences/step "
-               f"({cfg.micro_batch_size}x{cfg.grad_accum_steps}), {cfg.max_steps} steps -> {self.out}")
+               f"({cfg.micro_batch_size}x{cfg.grad_accum_steps}x{self.world}), {cfg.max_steps} steps -> {self.out}")
         print(msg + (f"\n[{cfg.name}] resumed from {resume_from} at step {self.step}" if resume_from else ""),
               flush=True)
 
@@ -142,7 +153,9 @@ class Trainer:
         cfg = self.cfg
         batches = []
         for _ in range(cfg.grad_accum_steps):
-            idx = self.sampler.next_indices(cfg.micro_batch_size)
+            # every rank draws the same global micro-batch and keeps its own slice of it
+            idx = self.sampler.next_indices(cfg.micro_batch_size * self.world)
+            idx = idx[self.rank * cfg.micro_batch_size: (self.rank + 1) * cfg.micro_batch_size]
             batches.append(collate_sft([self.train_examples[i] for i in idx], self.tokenizer.pad_token_id))
         return batches
 
@@ -165,7 +178,7 @@ class Trainer:
 
     def train(self) -> None:
         cfg = self.cfg
-        bar = _progress(self.step, cfg.max_steps, cfg.name)
+        bar = _progress(self.step, cfg.max_steps, cfg.name, enabled=self.rank == 0)
         t_last = time.time()
         while self.step < cfg.max_steps:
             terms = self.optimizer_step()
@@ -184,21 +197,36 @@ class Trainer:
         bar.close()
 
     def optimizer_step(self) -> dict[str, float]:
+        """One optimizer step. Micro-batch i of rank r gets weight w_ri·W / Σ w (W ranks, Σ over all ranks), so the
+        rank-averaged gradient equals the gradient of the global token mean (accumulation- and rank-exact)."""
         batches = self.micro_batches()
         weights = [self.micro_weight(b) for b in batches]
-        total = sum(weights) or 1.0
+        (total,) = engine_lib.all_reduce_sum([sum(weights)])
+        total = total or 1.0
         sums: dict[str, float] = defaultdict(float)
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.engine is None:
+            self.optimizer.zero_grad(set_to_none=True)
         for batch, w in zip(batches, weights, strict=True):
             terms = self.loss_terms(distributed.to_device(batch, self.device))
-            (terms["loss"] * (w / total)).backward()
+            scale = w * self.world / total
+            if self.engine is None:
+                (terms["loss"] * scale).backward()
+            else:  # the engine divides by the accumulation steps itself, and averages over ranks
+                self.engine.backward(terms["loss"] * scale * self.cfg.grad_accum_steps)
+                self.engine.step()  # optimizer + schedule + clipping happen at the accumulation boundary
             for k, v in terms.items():
-                sums[k] += float(v.detach()) * (w / total)
-        if self.cfg.optim.grad_clip_norm > 0:
-            sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(),
-                                                                     self.cfg.optim.grad_clip_norm))
-        self.optimizer.step()
-        self.scheduler.step()
+                sums[k] += float(v.detach()) * w / total
+        if self.engine is None:
+            if self.cfg.optim.grad_clip_norm > 0:
+                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(),
+                                                                         self.cfg.optim.grad_clip_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+        elif self.engine.get_global_grad_norm() is not None:
+            sums["grad_norm"] = float(self.engine.get_global_grad_norm())
+        keys = sorted(k for k in sums if k != "grad_norm")
+        for k, v in zip(keys, engine_lib.all_reduce_sum([sums[k] for k in keys]), strict=True):
+            sums[k] = v
         return dict(sums)
 
     # ------------------------------------------------------------------------------------------ validation
@@ -207,6 +235,15 @@ class Trainer:
                                       self.cfg.micro_batch_size, self.device)
 
     def validate(self) -> dict[str, float]:
+        """On rank 0 (ZeRO-1/2 keep full weights there); the other ranks wait at the barrier."""
+        if self.rank != 0:
+            engine_lib.barrier()
+            return {}
+        metrics = self._validate_here()
+        engine_lib.barrier()
+        return metrics
+
+    def _validate_here(self) -> dict[str, float]:
         cfg = self.cfg
         metrics = {"val_loss": self.validation_loss()}
         if cfg.eval_prompts:
@@ -238,15 +275,36 @@ class Trainer:
         write_model_meta(directory, base=base_model_name(self.cfg.student), stage=self.cfg.name, method=self.cfg.method,
                          **(extra or {}))
 
+    def trainer_state(self) -> dict[str, Any]:
+        state = {"step": self.step, "best": self.best, "sampler": self.sampler.state_dict(), "rng": ckpt.rng_state(),
+                 "extra": self.extra_state()}
+        if self.engine is None:  # the engine saves optimizer and schedule in its own collective checkpoint
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
+        return state
+
     def save_checkpoint(self) -> None:
-        with ckpt.atomic_directory(ckpt.step_dir(self.ckpt_root, self.step)) as d:
-            self.save_hf(d, extra={"step": self.step})
-            ckpt.save_trainer_state(d, {
-                "step": self.step, "best": self.best, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-                "rng": ckpt.rng_state(), "extra": self.extra_state(),
-            })
-        ckpt.prune(self.ckpt_root, self.cfg.keep_checkpoints)
+        final = ckpt.step_dir(self.ckpt_root, self.step)
+        if self.engine is None:
+            with ckpt.atomic_directory(final) as d:
+                self.save_hf(d, extra={"step": self.step})
+                ckpt.save_trainer_state(d, self.trainer_state())
+        else:
+            # Collective: every rank writes its optimizer shard into one temporary directory; rank 0 adds the HF
+            # weights and trainer state, then marks it complete and renames it into place.
+            tmp = self.ckpt_root / f".tmp-{final.name}"
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            engine_lib.barrier()
+            self.engine.save_checkpoint(str(tmp / "ds"), tag="state", save_latest=False)
+            engine_lib.barrier()
+            if self.rank == 0:
+                self.save_hf(tmp, extra={"step": self.step})
+                ckpt.save_trainer_state(tmp, self.trainer_state())
+                ckpt.commit_directory(tmp, final)
+            engine_lib.barrier()
+        if self.rank == 0:
+            ckpt.prune(self.ckpt_root, self.cfg.keep_checkpoints)
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -254,8 +312,11 @@ class Trainer:
     def restore(self, directory: Path) -> None:
         state = ckpt.load_trainer_state(directory)
         self.step, self.best = state["step"], state["best"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.engine is None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            self.engine.load_checkpoint(str(directory / "ds"), tag="state")
         self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
         self.restore_extra(state.get("extra", {}))
@@ -268,6 +329,9 @@ class Trainer:
         """Write `final/`: the best checkpoint by `select_by` (or the last weights), verified loadable."""
         final = self.out / "final"
         best = self.out / "best"
+        if self.rank != 0:
+            engine_lib.barrier()
+            return final
         with ckpt.atomic_directory(final) as d:
             if self.cfg.select_by != "last" and ckpt.is_complete(best):
                 for f in best.iterdir():
@@ -279,10 +343,13 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         print(f"[{self.cfg.name}] final model: {final}", flush=True)
+        engine_lib.barrier()
         return final
 
     # ---------------------------------------------------------------------------------------------- logging
     def log_metrics(self, metrics: dict[str, float], kind: str = "train") -> None:
+        if self.rank != 0:
+            return
         row = {"step": self.step, "kind": kind, **{k: float(v) for k, v in metrics.items()}}
         with open(self.metrics_file, "a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -305,11 +372,11 @@ class Trainer:
         self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def _progress(initial: int, total: int, name: str):
+def _progress(initial: int, total: int, name: str, enabled: bool = True):
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=name, file=sys.stderr, dynamic_ncols=True,
+    return tqdm(total=total, initial=initial, desc=name, file=sys.stderr, dynamic_ncols=True, disable=not enabled,
                 mininterval=0.5 if interactive else 30.0)
 
 

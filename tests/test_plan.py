@@ -199,3 +199,21 @@ def test_slurm_timeout_requeues_and_resumes_from_checkpoint(tmp_path):
     assert "resumed from" in log, log[-2000:]
     assert (run / "stages" / "sft-tiny-m" / DONE).is_file()
     assert "sft-tiny-m" in {s.name for s in stages}
+
+
+def test_multi_gpu_stages_get_deepspeed_and_zero3_needs_are_flagged(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    from takd.plan import ChainProfile, assign_resources, build_plan, load_cluster, unsupported_stages
+
+    stages = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
+    assign_resources(stages, load_cluster("rorqual"))
+    by = {s.name: s for s in stages}
+    assert by["sft-opt-13b"].gpus_per_node == 4 and by["sft-opt-13b"].config["deepspeed"]["enabled"] is True
+    assert by["sft-opt-13b"].config["deepspeed"]["zero_stage"] == by["sft-opt-13b"].zero_stage == 2
+    assert by["init-opt-1.3b"].gpus_per_node == 1 and by["init-opt-1.3b"].config["deepspeed"]["enabled"] is False
+    assert unsupported_stages(stages) == []
+    narval = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
+    assign_resources(narval, load_cluster("narval"))
+    assert "sft-opt-13b" in unsupported_stages(narval)
+    rc, _, err = _run(["--chain", "opt-13b,opt-6.7b,opt-1.3b", "--cluster", "narval", "--account", "x"], capsys)
+    assert rc == 0 and "need ZeRO-3" in err
