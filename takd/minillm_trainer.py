@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from takd import distributed
 from takd import minillm as M
 from takd.data import EpochSampler, PackedCorpus, collate_prompts, data_dir, encode_rows, load_rows, pack_corpus
+from takd.losses import per_position_divergence
 from takd.models import base_model_name
 from takd.rollout import collate_sequences, mixed_sample, pad_right, process_logits, response_logits
 from takd.trainer import Trainer
@@ -88,7 +89,7 @@ class MiniLLMTrainer(Trainer):
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + self.round * 1_009 + self.rank)
         per_rank = mc.num_rollouts // self.world
         self.buffer = []
-        stats = {"reward": 0.0, "length": 0.0, "tokens": 0.0}
+        stats = {"reward": 0.0, "tokens": 0.0, "rkl": 0.0}
         for start in range(0, per_rank, mc.rollout_batch_size):
             n = min(mc.rollout_batch_size, per_rank - start)
             idx = self.prompt_sampler.next_indices(n * self.world)[self.rank * n: (self.rank + 1) * n]
@@ -100,11 +101,15 @@ class MiniLLMTrainer(Trainer):
                               top_p=s.top_p, generator=gen)
             self.buffer.extend(self.score(chunk, ro, stats))
         self.round += 1
-        first = [self.prompts[i] for i in self.prompt_sampler.peek_order()[: mc.rollout_batch_size]]
-        rkl, student_len = self.student_rev_kl(first, cfg.seed * 100_003 + self.round)
         self.rollout_stats = {"reward": stats["reward"] / max(stats["tokens"], 1),
-                              "response_len": stats["tokens"] / max(len(self.buffer), 1),
-                              "rev_kl": rkl, "student_response_len": student_len}
+                              "response_len": stats["tokens"] / max(len(self.buffer), 1)}
+        if mc.alpha == 0.0:  # the rollout is pure-student already: its reverse KL came free with the scoring
+            self.rollout_stats.update(rev_kl=stats["rkl"] / max(stats["tokens"], 1),
+                                      student_response_len=self.rollout_stats["response_len"])
+        elif mc.log_student_rev_kl:  # the reference's extra student-only rollout, for logging only
+            first = [self.prompts[i] for i in self.prompt_sampler.peek_order()[: mc.rollout_batch_size]]
+            rkl, student_len = self.student_rev_kl(first, cfg.seed * 100_003 + self.round)
+            self.rollout_stats.update(rev_kl=rkl, student_response_len=student_len)
 
     def score(self, chunk, ro, stats) -> list[Sample]:
         """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a)."""
@@ -122,6 +127,8 @@ class MiniLLMTrainer(Trainer):
         rewards = M.token_rewards(logp_reward, logq_old, mask, mc.reward_scaling, mc.reward_clip)
         stats["reward"] += float(rewards.sum())
         stats["tokens"] += float(mask.sum())
+        if mc.alpha == 0.0:
+            stats["rkl"] += float((per_position_divergence(s_logits, t_logits, "rkl") * mask).sum())
         return [Sample(e.prompt_ids, r, logq_old[i, : len(r)].tolist(), weights[i, : len(r)].tolist(),
                        rewards[i, : len(r)].tolist()) for i, (e, r) in enumerate(zip(chunk, responses, strict=True))]
 
@@ -150,7 +157,7 @@ class MiniLLMTrainer(Trainer):
     def loss_terms(self, batch):
         mc, s = self.cfg.minillm, self.cfg.minillm.sampling
         mask, tokens = batch["mask"], batch["response_ids"]
-        logits = process_logits_3d(response_logits(self.student, batch), s)
+        logits = process_logits(response_logits(self.student, batch), s.temperature, s.top_k, s.top_p)
         logq = M.gather_logprobs(logits, tokens)
         returns = M.normalized_returns(batch["rewards"], mask, mc.gamma, mc.length_norm)
         if mc.whiten:
@@ -162,7 +169,7 @@ class MiniLLMTrainer(Trainer):
         loss = pg
         if mc.single_step:
             with torch.no_grad():
-                t_logits = process_logits_3d(response_logits(self.teacher, batch), s)
+                t_logits = process_logits(response_logits(self.teacher, batch), s.temperature, s.top_k, s.top_p)
             terms["reg"] = M.single_step_rkl(logits, t_logits, mask)
             loss = loss + terms["reg"]
         if self.corpus is not None:
@@ -225,9 +232,3 @@ class MiniLLMTrainer(Trainer):
         if self.pt_sampler and extra["pt_sampler"]:
             self.pt_sampler.load_state_dict(extra["pt_sampler"])
         self.rollout_stats = extra["rollout_stats"]
-
-
-def process_logits_3d(logits: torch.Tensor, s) -> torch.Tensor:
-    """`process_logits` over [B, T, V] (temperature and the same top-k/top-p masks as sampling)."""
-    B, T, V = logits.shape
-    return process_logits(logits.reshape(B * T, V), s.temperature, s.top_k, s.top_p).reshape(B, T, V)

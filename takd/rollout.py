@@ -42,7 +42,7 @@ class Rollout:
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
                    ) -> torch.Tensor:
-    """Temperature, then top-k, then nucleus filtering; removed entries become −inf. logits [B, V] (float32)."""
+    """Temperature, then top-k, then nucleus filtering; removed entries become −inf. logits [..., V] (float32)."""
     logits = upcast(logits) / temperature
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]

@@ -102,6 +102,7 @@ class MiniLLMConfig:
     kd_ratio: float = 0.5  # KD share of the PT loss
     lm_coef: float = 1.0  # weight of the PT loss in the total
     pt_chunk_tokens: int = 512  # tokens per packed pretraining chunk
+    log_student_rev_kl: bool = True  # α > 0: an extra student-only rollout per round, for the rev-KL log only
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
