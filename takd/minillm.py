@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from takd.losses import masked_mean, per_position_divergence, soft_cross_entropy, token_cross_entropy, upcast
+from takd.losses import (
+    masked_mean,
+    per_position_divergence,
+    reverse_kl,
+    soft_cross_entropy,
+    token_cross_entropy,
+    upcast,
+)
 
 
 def importance_weights(logq_old: torch.Tensor, logp: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -105,6 +112,11 @@ def single_step_rkl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return masked_mean(per_position_divergence(student_logits, teacher_logits, "rkl"), mask)
 
 
+def single_step_rkl_from_logprobs(log_q: torch.Tensor, log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`single_step_rkl` from log-softmaxed inputs [B, T, V], for callers that already hold them."""
+    return masked_mean(reverse_kl(log_q, log_p.detach()), mask)
+
+
 def pt_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
             kd_ratio: float, mode: str = "lm+kd") -> torch.Tensor:
     """Pretraining loss on packed corpus chunks: (1 − r)·LM + r·(−Σ_v p log q_θ), token-mean (reference §2b).
@@ -121,6 +133,16 @@ def pt_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
     return (1.0 - kd_ratio) * lm + kd_ratio * kd
 
 
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log softmax over the vocabulary, half precision upcast to float32. [..., V] -> [..., V]."""
+    return torch.log_softmax(upcast(logits), dim=-1)
+
+
+def take(log_probs_all: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The log-probability of each sampled token. [B, T, V], [B, T] -> [B, T]."""
+    return log_probs_all.gather(-1, tokens[..., None]).squeeze(-1)
+
+
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[token] per position. logits [B, T, V], tokens [B, T] -> [B, T] (float32)."""
-    return torch.log_softmax(upcast(logits), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    return take(log_probs(logits), tokens)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from takd import distributed
 from takd import minillm as M
 from takd.data import EpochSampler, PackedCorpus, collate_prompts, data_dir, encode_rows, load_rows, pack_corpus
-from takd.losses import per_position_divergence
+from takd.losses import reverse_kl
 from takd.models import base_model_name
 from takd.rollout import collate_sequences, mixed_sample, pad_right, process_logits, response_logits
 from takd.trainer import Trainer
@@ -113,22 +113,23 @@ class MiniLLMTrainer(Trainer):
 
     def score(self, chunk, ro, stats) -> list[Sample]:
         """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a)."""
-        mc, s = self.cfg.minillm, self.cfg.minillm.sampling
+        mc = self.cfg.minillm
         responses = [ro.response_ids[i, : int(ro.lengths[i])].tolist() for i in range(len(chunk))]
         batch = distributed.to_device(collate_sequences([e.prompt_ids for e in chunk], responses,
                                                         self.tokenizer.pad_token_id), self.device)
         tokens, mask = batch["response_ids"], batch["mask"]
         t_logits = response_logits(self.teacher, batch)
-        s_logits = response_logits(self.student, batch)
-        logp_reward = M.gather_logprobs(t_logits, tokens)  # full vocabulary, no temperature (reference §2a.4)
-        logq_old = M.gather_logprobs(process_logits(s_logits, s.temperature, s.top_k, s.top_p), tokens)
-        logp_mix = M.gather_logprobs(process_logits(t_logits, s.temperature, s.top_k, s.top_p), tokens)
-        weights = M.importance_weights(logq_old, logp_mix, mc.alpha)
-        rewards = M.token_rewards(logp_reward, logq_old, mask, mc.reward_scaling, mc.reward_clip)
+        log_p = M.log_probs(t_logits)  # full vocabulary, no temperature: the reward's teacher (reference §2a.4)
+        log_q = M.log_probs(self.processed(response_logits(self.student, batch)))
+        # the mixture's teacher goes through the sampling processors; with T=1, k=0, p=1 it is log_p itself
+        log_p_mix = log_p if self.unfiltered else M.log_probs(self.processed(t_logits))
+        logq_old = M.take(log_q, tokens)
+        weights = M.importance_weights(logq_old, M.take(log_p_mix, tokens), mc.alpha)
+        rewards = M.token_rewards(M.take(log_p, tokens), logq_old, mask, mc.reward_scaling, mc.reward_clip)
         stats["reward"] += float(rewards.sum())
         stats["tokens"] += float(mask.sum())
         if mc.alpha == 0.0:
-            stats["rkl"] += float((per_position_divergence(s_logits, t_logits, "rkl") * mask).sum())
+            stats["rkl"] += float((reverse_kl(log_q, log_p_mix) * mask).sum())
         return [Sample(e.prompt_ids, r, logq_old[i, : len(r)].tolist(), weights[i, : len(r)].tolist(),
                        rewards[i, : len(r)].tolist()) for i, (e, r) in enumerate(zip(chunk, responses, strict=True))]
 
@@ -154,11 +155,21 @@ class MiniLLMTrainer(Trainer):
     def micro_weight(self, batch) -> float:
         return 1.0  # reference: DeepSpeed averages micro-batch token means over accumulation steps
 
+    @property
+    def unfiltered(self) -> bool:
+        s = self.cfg.minillm.sampling
+        return s.temperature == 1.0 and s.top_k == 0 and s.top_p == 1.0
+
+    def processed(self, logits: torch.Tensor) -> torch.Tensor:
+        """The sampling processors (temperature, top-k, top-p) applied to [B, T, V] logits; a no-op when unfiltered."""
+        s = self.cfg.minillm.sampling
+        return logits if self.unfiltered else process_logits(logits, s.temperature, s.top_k, s.top_p)
+
     def loss_terms(self, batch):
-        mc, s = self.cfg.minillm, self.cfg.minillm.sampling
+        mc = self.cfg.minillm
         mask, tokens = batch["mask"], batch["response_ids"]
-        logits = process_logits(response_logits(self.student, batch), s.temperature, s.top_k, s.top_p)
-        logq = M.gather_logprobs(logits, tokens)
+        log_q = M.log_probs(self.processed(response_logits(self.student, batch)))  # one log-softmax, two uses
+        logq = M.take(log_q, tokens)
         returns = M.normalized_returns(batch["rewards"], mask, mc.gamma, mc.length_norm)
         if mc.whiten:
             # statistics over [B × max_new_tokens] with zero padding, as the reference pads responses to 256
@@ -169,8 +180,8 @@ class MiniLLMTrainer(Trainer):
         loss = pg
         if mc.single_step:
             with torch.no_grad():
-                t_logits = process_logits(response_logits(self.teacher, batch), s.temperature, s.top_k, s.top_p)
-            terms["reg"] = M.single_step_rkl(logits, t_logits, mask)
+                log_p = M.log_probs(self.processed(response_logits(self.teacher, batch)))
+            terms["reg"] = M.single_step_rkl_from_logprobs(log_q, log_p, mask)
             loss = loss + terms["reg"]
         if self.corpus is not None:
             terms["pt"] = self.pt_term()

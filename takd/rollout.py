@@ -43,6 +43,8 @@ class Rollout:
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
                    ) -> torch.Tensor:
     """Temperature, then top-k, then nucleus filtering; removed entries become −inf. logits [..., V] (float32)."""
+    if temperature == 1.0 and top_k == 0 and top_p >= 1.0:
+        return upcast(logits)  # the reference's settings: nothing to do, no copy
     logits = upcast(logits) / temperature
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -100,12 +102,15 @@ def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torc
     t = _Stepper(teacher, input_ids, mask, use_cache) if run_teacher else None
     tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     for step in range(max_new_tokens):
+        # p̃ = (1 − α)·q + α·p, built in place: one [B, V] buffer per step instead of four
         probs = None
         if s is not None:
-            probs = (1.0 - alpha) * process_logits(s.logits, temperature, top_k, top_p).softmax(-1)
+            probs = process_logits(s.logits, temperature, top_k, top_p).softmax(-1)
+            if t is not None:
+                probs.mul_(1.0 - alpha)
         if t is not None:
-            p = alpha * process_logits(t.logits, temperature, top_k, top_p).softmax(-1)
-            probs = p if probs is None else probs + p
+            p = process_logits(t.logits, temperature, top_k, top_p).softmax(-1)
+            probs = p if probs is None else probs.add_(p, alpha=alpha)
         token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
@@ -146,8 +151,13 @@ def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_
 
 
 def response_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits at the positions that predict each response token: [B, T_resp, V]."""
+    """Logits at the positions that predict each response token: [B, T_resp, V].
+
+    Only the last T_resp + 1 positions go through the LM head (`logits_to_keep`): the prompt's full-vocabulary
+    logits are never used, and with a 50k vocabulary the head dominates the cost of a small model's forward.
+    """
     attn = batch["attention_mask"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=attn, position_ids=_positions(attn)).logits
-    P, T = int(batch["prompt_len"]), batch["response_ids"].shape[1]
-    return logits[:, P - 1: P - 1 + T]
+    T = batch["response_ids"].shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=attn, position_ids=_positions(attn),
+                   logits_to_keep=T + 1).logits
+    return logits[:, :T]

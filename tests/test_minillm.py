@@ -248,3 +248,21 @@ def test_reverse_kl_seeks_a_mode_forward_kl_spreads():
     assert max(near_mode(q_r, 10), near_mode(q_r, 30)) > 0.9  # rkl: almost all mass on one mode
     assert near_mode(q_f, 10) + near_mode(q_f, 30) < 0.75 and q_f[15:26].sum().item() > 0.15  # fkl: the valley
     assert sd_f > 3 * sd_r
+
+
+@pytest.mark.parametrize("arch", ["opt", "gpt2"])
+def test_response_logits_equal_the_full_forward_slice(tokenizer, arch):
+    """`response_logits` runs only the response positions through the LM head; values must not change."""
+    from takd.models import load_model
+    from takd.rollout import _positions, collate_sequences, response_logits
+
+    model = load_model("tiny-s").eval() if arch == "opt" else _gpt2(tokenizer, 5)
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ["a longer prompt here", "hi"]]
+    batch = collate_sequences(prompts, [[5, 6, 7], [8]], tokenizer.pad_token_id)
+    with torch.no_grad():
+        got = response_logits(model, batch)
+        attn = batch["attention_mask"]
+        full = model(input_ids=batch["input_ids"], attention_mask=attn, position_ids=_positions(attn)).logits
+    P, T = int(batch["prompt_len"]), batch["response_ids"].shape[1]
+    assert got.shape == (2, T, len(tokenizer))
+    assert torch.allclose(got, full[:, P - 1: P - 1 + T], atol=1e-5)
