@@ -98,7 +98,7 @@ class MiniLLMTrainer(Trainer):
             ro = mixed_sample(self.student, self.teacher, p["input_ids"], p["attention_mask"], alpha=mc.alpha,
                               max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                               pad_token_id=self.tokenizer.pad_token_id, temperature=s.temperature, top_k=s.top_k,
-                              top_p=s.top_p, generator=gen)
+                              top_p=s.top_p, generator=gen, record_logprobs=not mc.rescore)
             self.buffer.extend(self.score(chunk, ro, stats))
         self.round += 1
         self.rollout_stats = {"reward": stats["reward"] / max(stats["tokens"], 1),
@@ -118,18 +118,24 @@ class MiniLLMTrainer(Trainer):
         batch = distributed.to_device(collate_sequences([e.prompt_ids for e in chunk], responses,
                                                         self.tokenizer.pad_token_id), self.device)
         tokens, mask = batch["response_ids"], batch["mask"]
-        t_logits = response_logits(self.teacher, batch)
-        log_p = M.log_probs(t_logits)  # full vocabulary, no temperature: the reward's teacher (reference §2a.4)
-        log_q = M.log_probs(self.processed(response_logits(self.student, batch)))
-        # the mixture's teacher goes through the sampling processors; with T=1, k=0, p=1 it is log_p itself
-        log_p_mix = log_p if self.unfiltered else M.log_probs(self.processed(t_logits))
-        logq_old = M.take(log_q, tokens)
-        weights = M.importance_weights(logq_old, M.take(log_p_mix, tokens), mc.alpha)
-        rewards = M.token_rewards(M.take(log_p, tokens), logq_old, mask, mc.reward_scaling, mc.reward_clip)
+        T = tokens.shape[1]
+        if ro.student_logprobs is not None and ro.teacher_logprobs is not None and mc.alpha > 0.0:
+            # α > 0: both models ran at every sampling step, so the log-probs are already there (no second pass)
+            logq_old, logp_reward = ro.student_logprobs[:, :T], ro.teacher_logprobs[:, :T]
+            logp_mix = ro.teacher_mix_logprobs[:, :T]
+        else:
+            t_logits = response_logits(self.teacher, batch)
+            log_p = M.log_probs(t_logits)  # full vocabulary, no temperature: the reward's teacher (reference §2a.4)
+            log_q = M.log_probs(self.processed(response_logits(self.student, batch)))
+            # the mixture's teacher goes through the sampling processors; with T=1, k=0, p=1 it is log_p itself
+            log_p_mix = log_p if self.unfiltered else M.log_probs(self.processed(t_logits))
+            logq_old, logp_reward, logp_mix = M.take(log_q, tokens), M.take(log_p, tokens), M.take(log_p_mix, tokens)
+            if mc.alpha == 0.0:  # pure-student rollout: its exact reverse KL is the logged one, free here
+                stats["rkl"] += float((reverse_kl(log_q, log_p_mix) * mask).sum())
+        weights = M.importance_weights(logq_old, logp_mix, mc.alpha)
+        rewards = M.token_rewards(logp_reward, logq_old, mask, mc.reward_scaling, mc.reward_clip)
         stats["reward"] += float(rewards.sum())
         stats["tokens"] += float(mask.sum())
-        if mc.alpha == 0.0:
-            stats["rkl"] += float((reverse_kl(log_q, log_p_mix) * mask).sum())
         return [Sample(e.prompt_ids, r, logq_old[i, : len(r)].tolist(), weights[i, : len(r)].tolist(),
                        rewards[i, : len(r)].tolist()) for i, (e, r) in enumerate(zip(chunk, responses, strict=True))]
 

@@ -27,6 +27,10 @@ class Rollout:
     prompt_mask: torch.Tensor  # [B, P] long, 1 on prompt tokens
     response_ids: torch.Tensor  # [B, T] long, pad after the first EOS
     response_mask: torch.Tensor  # [B, T] bool, true on generated tokens up to and including the first EOS
+    # With record_logprobs: log-probabilities of the sampled tokens under each model, at sampling time [B, T]
+    student_logprobs: torch.Tensor | None = None  # log q(y_t), sampling processors applied
+    teacher_logprobs: torch.Tensor | None = None  # log p(y_t), full vocabulary, no processors (the reward's)
+    teacher_mix_logprobs: torch.Tensor | None = None  # log p(y_t), sampling processors applied (the mixture's)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -91,8 +95,12 @@ class _Stepper:
 def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, alpha: float,
                  max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 use_cache: bool = True) -> Rollout:
-    """Sample responses from p̃ = (1 − α)·q_student + α·p_teacher, token by token (see module docstring)."""
+                 use_cache: bool = True, record_logprobs: bool = False) -> Rollout:
+    """Sample responses from p̃ = (1 − α)·q_student + α·p_teacher, token by token (see module docstring).
+
+    record_logprobs: also return each sampled token's log-probability under every model that ran (the same values
+    a fresh forward over prompt + response gives, up to float rounding), so scoring needs no second pass.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     B = input_ids.shape[0]
@@ -101,19 +109,26 @@ def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torc
     s = _Stepper(student, input_ids, mask, use_cache) if run_student else None
     t = _Stepper(teacher, input_ids, mask, use_cache) if run_teacher else None
     tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    unfiltered = temperature == 1.0 and top_k == 0 and top_p >= 1.0
+    recorded: dict[str, list[torch.Tensor]] = {"q": [], "p": [], "p_mix": []}
     for step in range(max_new_tokens):
-        # p̃ = (1 − α)·q + α·p, built in place: one [B, V] buffer per step instead of four
-        probs = None
-        if s is not None:
-            probs = process_logits(s.logits, temperature, top_k, top_p).softmax(-1)
-            if t is not None:
-                probs.mul_(1.0 - alpha)
-        if t is not None:
-            p = process_logits(t.logits, temperature, top_k, top_p).softmax(-1)
-            probs = p if probs is None else probs.add_(p, alpha=alpha)
+        log_q = torch.log_softmax(process_logits(s.logits, temperature, top_k, top_p), -1) if s else None
+        log_p_mix = torch.log_softmax(process_logits(t.logits, temperature, top_k, top_p), -1) if t else None
+        # p̃ = (1 − α)·q + α·p, built in place: one [B, V] buffer per step
+        probs = log_q.exp() if log_q is not None else None
+        if log_p_mix is not None:
+            probs = log_p_mix.exp() if probs is None else probs.mul_(1.0 - alpha).add_(log_p_mix.exp(), alpha=alpha)
         token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
+        if record_logprobs:
+            idx = token[:, None]
+            if log_q is not None:
+                recorded["q"].append(log_q.gather(-1, idx).squeeze(-1))
+            if log_p_mix is not None:
+                recorded["p_mix"].append(log_p_mix.gather(-1, idx).squeeze(-1))
+                raw = log_p_mix if unfiltered else torch.log_softmax(upcast(t.logits), -1)
+                recorded["p"].append(raw.gather(-1, idx).squeeze(-1))
         finished = finished | (token == eos_token_id)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
@@ -123,7 +138,9 @@ def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torc
             if stepper is not None:
                 stepper.advance(token, mask)
     response = torch.stack(tokens, dim=1)
-    return Rollout(input_ids, attention_mask.long(), response, response_mask(response, eos_token_id))
+    stacked = {k: torch.stack(v, dim=1) if v else None for k, v in recorded.items()}
+    return Rollout(input_ids, attention_mask.long(), response, response_mask(response, eos_token_id),
+                   stacked["q"], stacked["p"], stacked["p_mix"])
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -103,6 +103,9 @@ class MiniLLMConfig:
     lm_coef: float = 1.0  # weight of the PT loss in the total
     pt_chunk_tokens: int = 512  # tokens per packed pretraining chunk
     log_student_rev_kl: bool = True  # α > 0: an extra student-only rollout per round, for the rev-KL log only
+    # false: the sampled tokens' log-probs come from the sampler's own per-step distributions (same values up to
+    # float rounding, tested); true: the reference's fresh student and teacher forwards after sampling
+    rescore: bool = False
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:

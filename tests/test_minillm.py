@@ -266,3 +266,28 @@ def test_response_logits_equal_the_full_forward_slice(tokenizer, arch):
     P, T = int(batch["prompt_len"]), batch["response_ids"].shape[1]
     assert got.shape == (2, T, len(tokenizer))
     assert torch.allclose(got, full[:, P - 1: P - 1 + T], atol=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_sampler_logprobs_equal_a_fresh_forward(tokenizer, top_k):
+    """What `minillm.rescore=false` relies on: the sampler's per-step log-probs are the fresh forward's."""
+    from takd.minillm import log_probs, take
+    from takd.models import load_model
+    from takd.rollout import response_logits
+
+    student, teacher = load_model("tiny-s").eval(), load_model("tiny-m").eval()
+    ids, mask = _left_padded_prompts(tokenizer, ["What is the capital of Kalomi?", "Sort: 3, 1", "Hi"])
+    ro = mixed_sample(student, teacher, ids, mask, alpha=0.3, max_new_tokens=10, top_k=top_k,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      generator=torch.Generator().manual_seed(0), record_logprobs=True)
+    batch, m = ro.as_batch(), ro.response_mask
+    with torch.no_grad():
+        s_logits, t_logits = response_logits(student, batch), response_logits(teacher, batch)
+    fresh_q = take(log_probs(process_logits(s_logits, top_k=top_k)), ro.response_ids)
+    fresh_p = take(log_probs(t_logits), ro.response_ids)
+    fresh_p_mix = take(log_probs(process_logits(t_logits, top_k=top_k)), ro.response_ids)
+    assert torch.allclose(ro.student_logprobs[m], fresh_q[m], atol=1e-4)
+    assert torch.allclose(ro.teacher_logprobs[m], fresh_p[m], atol=1e-4)
+    assert torch.allclose(ro.teacher_mix_logprobs[m], fresh_p_mix[m], atol=1e-4)
+    if top_k:  # filtering renormalises over the kept tokens: the mixture's teacher differs from the reward's
+        assert not torch.allclose(ro.teacher_mix_logprobs[m], ro.teacher_logprobs[m], atol=1e-3)

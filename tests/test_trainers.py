@@ -165,3 +165,19 @@ def test_minillm_resume_continues_the_same_trajectory(trained_teacher, tmp_path)
     a, b = _metrics(ref), _metrics(cut)
     for step in (4, 5, 6):
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-5), step
+
+
+def test_minillm_rescore_and_sampler_logprobs_give_the_same_step(trained_teacher, tmp_path):
+    from takd.minillm_trainer import MiniLLMTrainer
+
+    terms = []
+    for rescore in (True, False):
+        cfg = StageConfig(name="r", method="minillm", student="tiny-s", teacher=str(trained_teacher),
+                          output_dir=str(tmp_path / str(rescore)), max_steps=2, micro_batch_size=4, **SMALL)
+        cfg.minillm.num_rollouts, cfg.minillm.rollout_batch_size, cfg.minillm.pt_loss = 8, 8, "none"
+        cfg.minillm.rescore = rescore
+        t = MiniLLMTrainer(cfg)
+        t.setup()
+        terms.append(t.optimizer_step())
+    for k in ("loss", "pg", "reg", "reward", "ratio"):
+        assert terms[0][k] == pytest.approx(terms[1][k], abs=1e-4), k
