@@ -38,6 +38,13 @@ def training_curves(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_rouge(s: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [f"{r['label']}\n{r['model']}" for _, r in s.iterrows()]
@@ -45,10 +52,7 @@ def plot_rouge(s: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks(range(len(s)), labels, fontsize=8)
     ax.set_ylabel("Rouge-L")
     ax.set_title("Rouge-L by model (mean ± 95% CI over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_curves(curves: pd.DataFrame, metric: str, kind: str, path: Path, title: str) -> Path | None:
@@ -62,10 +66,7 @@ def plot_curves(curves: pd.DataFrame, metric: str, kind: str, path: Path, title:
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def ta_size_curve(df: pd.DataFrame, path: Path) -> Path | None:
@@ -79,10 +80,7 @@ def ta_size_curve(df: pd.DataFrame, path: Path) -> Path | None:
     ax.plot([ta[s] for s in means.index], means.values, marker="o")
     ax.set_xlabel("teacher assistant")
     ax.set_ylabel("student Rouge-L")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _md_table(df: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
