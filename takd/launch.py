@@ -106,7 +106,7 @@ def slurm_parameters(st: PlannedStage, cluster: ClusterProfile, account: str | N
         if cluster.mem_gb_per_gpu:
             p["mem"] = f"{int(cluster.mem_gb_per_gpu * st.gpus_per_node)}G"
     else:
-        p["ntasks_per_node"] = 1
+        p["ntasks_per_node"] = cluster.cpu_tasks_per_node if st.kind == "train" else 1
         p["cpus_per_task"] = cluster.cpus_per_task or 1
         if cluster.mem_gb:
             p["mem"] = f"{int(cluster.mem_gb)}G"
@@ -115,6 +115,8 @@ def slurm_parameters(st: PlannedStage, cluster: ClusterProfile, account: str | N
     if cluster.partition:
         p["partition"] = cluster.partition
     env_lines = [f"export {k}={v}" for k, v in offline_env().items()]
+    if not (cluster.gpus_per_node and st.gpus_per_node):  # CPU stages: one thread per allocated core
+        env_lines.append(f"export OMP_NUM_THREADS={p['cpus_per_task']}")
     p["setup"] = list(cluster.setup) + env_lines + [f"cd {Path(__file__).resolve().parent.parent}"]
     return p
 
@@ -243,7 +245,7 @@ def _launch_slurm(run_dir: Path, todo: list[PlannedStage], meta: dict, wait: boo
     failed = 0
     for st, job in jobs:
         try:
-            job.result()
+            job.results()  # every task's result: multi-task (one per device) jobs have several
         except Exception as err:
             failed += 1
             print(f"stage {st.name} (job {job.job_id}) did not complete: {type(err).__name__}", file=sys.stderr)

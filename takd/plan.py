@@ -79,6 +79,7 @@ class ClusterProfile:
     setup: list[str] = field(default_factory=list)
     partition: str | None = None
     cpus_per_task: int = 0  # CPU-only profiles (local): cores per stage
+    cpu_tasks_per_node: int = 1  # CPU-only profiles: processes per training stage (DeepSpeed on gloo when > 1)
     mem_gb: float = 0  # CPU-only profiles (local): memory per stage
     whole_node_only: bool = False
 
@@ -229,6 +230,8 @@ def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile) -> Non
     for st in stages:
         st.time_min = int(60 * min(cluster.max_time_hours, ROLE_HOURS[st.role]))
         if cluster.gpus_per_node == 0:
+            if st.kind == "train" and cluster.cpu_tasks_per_node > 1:
+                st.config["deepspeed"]["enabled"] = True
             continue
         student = models.resolve(st.model).params_m
         teacher = 0.0

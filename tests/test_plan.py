@@ -218,3 +218,28 @@ def test_multi_gpu_stages_get_deepspeed_and_zero3_needs_are_flagged(capsys, monk
     assert "sft-opt-13b" in unsupported_stages(narval)
     rc, _, err = _run(["--chain", "opt-13b,opt-6.7b,opt-1.3b", "--cluster", "narval", "--account", "x"], capsys)
     assert rc == 0 and "need ZeRO-3" in err
+
+
+@slurm
+def test_two_task_slurm_stages_train_with_deepspeed(tmp_path, capsys):
+    """The 2-rank DeepSpeed path launched as 2-task Slurm jobs through the planner (gloo on CPU)."""
+    run = tmp_path / "r"
+    rc, out, err = _run(["--chain", "tiny-m,tiny-s", "--submit", "--executor", "slurm", "--cluster", "local-ddp",
+                         "--run-dir", str(run), "--profile", FAST, "--wait", "--no-eval"], capsys)
+    assert rc == 0, err
+    jobs = yaml.safe_load((run / "jobs.yaml").read_text())
+    states = _sacct_states([str(j) for j in jobs.values()])
+    assert set(states[str(j)] for j in jobs.values()) == {"COMPLETED"}
+    script = next((run / "stages" / "sft-tiny-m" / "slurm").glob("*/*_submission.sh")).read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script
+    log = next((run / "stages" / "sft-tiny-m" / "slurm").glob("*/*_0_log.out")).read_text()
+    assert "DeepSpeed ZeRO-1 on 2 process(es)" in log
+    for stage in ("sft-tiny-m", "init-tiny-s", "minillm-tiny-m-to-tiny-s"):
+        assert (run / "stages" / stage / DONE).is_file()
+        assert ckpt_complete(run / "stages" / stage / "final")
+
+
+def ckpt_complete(path: Path) -> bool:
+    from takd.checkpoint import is_complete
+
+    return is_complete(path)
