@@ -141,8 +141,3 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
 def take(log_probs_all: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """The log-probability of each sampled token. [B, T, V], [B, T] -> [B, T]."""
     return log_probs_all.gather(-1, tokens[..., None]).squeeze(-1)
-
-
-def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] per position. logits [B, T, V], tokens [B, T] -> [B, T] (float32)."""
-    return take(log_probs(logits), tokens)
