@@ -60,13 +60,18 @@ class MiniLLMTrainer(Trainer):
         super().setup()
         self.student.eval()  # reference: no dropout during RL
         cfg = self.cfg
-        self.prompts = encode_rows(load_rows(cfg.dataset, "train", seed=0), self.tokenizer, cfg.max_prompt_tokens,
-                                   cfg.max_new_tokens, with_response=False)
+        self.prompts = self.train_examples
         self.prompt_sampler = EpochSampler(len(self.prompts), seed=cfg.seed + 1)
         self.corpus = self.load_corpus() if cfg.minillm.pt_loss != "none" else None
         self.pt_sampler = EpochSampler(len(self.corpus), seed=cfg.seed + 2) if self.corpus is not None else None
         if self._pending_extra:
             self._apply_extra(self._pending_extra)
+
+    def build_train_examples(self):
+        """MiniLLM trains on its own rollouts: only the training prompts are needed (reference §1: prompt-only data)."""
+        cfg = self.cfg
+        return encode_rows(load_rows(cfg.dataset, "train", seed=0), self.tokenizer, cfg.max_prompt_tokens,
+                           cfg.max_new_tokens, with_response=False)
 
     def load_corpus(self) -> PackedCorpus:
         cfg = self.cfg

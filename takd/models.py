@@ -92,12 +92,9 @@ def resolve(name_or_path: str) -> ModelSpec:
 def _spec_from_dir(path: Path) -> ModelSpec:
     import json
 
-    meta_file = path / "takd_model.json"  # written by takd for every checkpoint it saves
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        base = registry().get(meta.get("base", ""))
-        if base is not None:
-            return ModelSpec(str(path), base.family, base.architecture, base.tokenizer, base.params_m, str(path))
+    base = registry().get(base_model_name(str(path)))  # takd writes takd_model.json into every checkpoint
+    if base is not None:
+        return ModelSpec(str(path), base.family, base.architecture, base.tokenizer, base.params_m, str(path))
     cfg = json.loads((path / "config.json").read_text())
     arch = cfg.get("model_type", "other")
     arch = arch if arch in ("opt", "gpt2", "llama") else "other"
