@@ -111,13 +111,24 @@ def prune(root: str | Path, keep: int, protect: tuple[Path, ...] = ()) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's random state (CPU, and the current CUDA device's when there is one: dropout draws there)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def rank_rng_file(directory: str | Path, rank: int) -> Path:
+    """Each rank's random state lives in its own file of a collective checkpoint (ranks draw different dropout)."""
+    return Path(directory) / f"rng-rank{rank:03d}.pt"
 
 
 def save_trainer_state(directory: str | Path, state: dict[str, Any]) -> None:

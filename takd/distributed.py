@@ -43,3 +43,14 @@ def device() -> torch.device:
 
 def to_device(batch: dict, dev: torch.device) -> dict:
     return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def padded_shard(items: list, rank_: int, world: int) -> tuple[list, int]:
+    """Rank `rank_`'s contiguous share of `items`, padded with copies of an item to ⌈N/W⌉ entries, and how many of
+    them are real. Every rank then runs the same number of equal batches, which lockstep (ZeRO-3) forwards need;
+    results of the padding entries are dropped by the caller."""
+    per = -(-len(items) // world)
+    shard = items[rank_ * per: (rank_ + 1) * per]
+    real = len(shard)
+    filler = shard[-1] if shard else items[-1]
+    return shard + [filler] * (per - real), real

@@ -47,8 +47,11 @@ def exact_match(prediction: str, refs: list[str]) -> float:
 @torch.no_grad()
 def generate(model, tokenizer, examples: list[Example], *, seed: int, max_new_tokens: int, batch_size: int = 16,
              no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             progress: bool = False) -> list[str]:
-    """Sample one response per example. Deterministic for a seed; does not disturb the global RNG."""
+             progress: bool = False, synced_gpus: bool = False) -> list[str]:
+    """Sample one response per example. Deterministic for a seed; does not disturb the global RNG.
+
+    synced_gpus: the model's weights are ZeRO-3 shards, so every rank calls this with the same number of batches
+    and each `generate` keeps stepping until all ranks' sequences have ended."""
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -65,7 +68,7 @@ def generate(model, tokenizer, examples: list[Example], *, seed: int, max_new_to
             out = model.generate(
                 **batch, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
                 max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size or None,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus,
             )
             new = out[:, batch["input_ids"].shape[1]:]
             outputs.extend(cut_at_eos(t, tokenizer) for t in new.tolist())

@@ -70,20 +70,19 @@ def normalized_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, 
 def whiten(x: torch.Tensor, eps: float = 1e-8, distributed: bool = True) -> torch.Tensor:
     """(x − mean) / sqrt(var + eps) over every entry of x (padded zeros included, as the reference).
 
-    Single process: torch.var_mean (Bessel-corrected). Under torch.distributed: global mean and (biased)
-    variance from all-reduced sums over the world group, as the reference's trlx-style helper does.
-    The mean is not added back; the result should be detached by the caller.
+    mean = Σx / n, var = Σ(x − mean)² / n (biased), with the sums and n all-reduced over the world group under
+    torch.distributed: the reference's global-statistics helper, which it uses on one GPU too. So one process and
+    N ranks whiten the same global micro-batch identically. The mean is not added back; callers detach the result.
     """
-    if distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        stats = torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
+    stats = torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
+    multi = distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if multi:
         dist.all_reduce(stats)
-        mean = stats[0] / stats[1]
-        sq = ((x - mean) ** 2).sum()
+    mean = stats[0] / stats[1]
+    sq = ((x - mean) ** 2).sum()
+    if multi:
         dist.all_reduce(sq)
-        var = sq / stats[1]
-    else:
-        var, mean = torch.var_mean(x)
-    return (x - mean) * torch.rsqrt(var + eps)
+    return (x - mean) * torch.rsqrt(sq / stats[1] + eps)
 
 
 def policy_loss(logq: torch.Tensor, logq_old: torch.Tensor, weights: torch.Tensor, advantages: torch.Tensor,

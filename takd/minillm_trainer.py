@@ -8,6 +8,12 @@ r = log p − log q_old), then make `ppo_epochs` shuffled passes over the buffer
 
 and the student stays in eval mode (no dropout) throughout, as the reference does. The buffer and its pass
 position are part of the checkpoint, so a resumed run continues the same trajectory.
+
+Several processes: each rank rolls out its share of the round's prompts, every sample keyed by its position in
+the round's global prompt stream (so it is the sample one process would have drawn); the buffer is then gathered
+on every rank in that order, and each PPO micro-batch is a global one (micro_batch_size × ranks) of which each
+rank takes its slice. Token means are global (`token_share`), whitening statistics all-reduced: N ranks follow
+the single-process trajectory of the same global batch.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from takd import distributed
+from takd import engine as engine_lib
 from takd import minillm as M
+from takd.config import ConfigError
 from takd.data import EpochSampler, PackedCorpus, collate_prompts, data_dir, encode_rows, load_rows, pack_corpus
-from takd.losses import reverse_kl
+from takd.losses import per_position_divergence, reverse_kl
 from takd.models import base_model_name
 from takd.rollout import collate_sequences, mixed_sample, pad_right, process_logits, response_logits
 from takd.trainer import Trainer
@@ -37,6 +45,13 @@ class Sample:
     logq_old: list[float]
     weights: list[float]
     rewards: list[float]
+    position: int = 0  # place in its round's global prompt stream (the gathered buffer's order)
+
+
+def rollout_keys(seed: int, round_: int, positions: list[int]) -> torch.Tensor:
+    """Per-row sampling keys: (seed, round) in the high 31 bits, the prompt's stream position in the low 32."""
+    high = (seed * 1_000_003 + round_) % 2**31
+    return torch.tensor([high * 2**32 + p for p in positions], dtype=torch.long)
 
 
 def collate_rollouts(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -61,6 +76,10 @@ class MiniLLMTrainer(Trainer):
         self.student.eval()  # reference: no dropout during RL
         cfg = self.cfg
         self.prompts = self.train_examples
+        if cfg.minillm.num_rollouts // self.world < cfg.micro_batch_size:
+            raise ConfigError(f"minillm.num_rollouts={cfg.minillm.num_rollouts} gives each of {self.world} "
+                              f"process(es) fewer rollouts than micro_batch_size={cfg.micro_batch_size}; raise "
+                              "num_rollouts or lower micro_batch_size")
         self.prompt_sampler = EpochSampler(len(self.prompts), seed=cfg.seed + 1)
         self.corpus = self.load_corpus() if cfg.minillm.pt_loss != "none" else None
         self.pt_sampler = EpochSampler(len(self.corpus), seed=cfg.seed + 2) if self.corpus is not None else None
@@ -90,33 +109,38 @@ class MiniLLMTrainer(Trainer):
     def collect_rollouts(self) -> None:
         cfg, mc = self.cfg, self.cfg.minillm
         s = mc.sampling
-        # num_rollouts is global (reference §3): each rank samples its share from its slice of the prompt stream
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + self.round * 1_009 + self.rank)
+        # num_rollouts is global (reference §3): each draw of n·W prompts from the stream gives every rank n
         per_rank = mc.num_rollouts // self.world
-        self.buffer = []
+        local: list[Sample] = []
         stats = {"reward": 0.0, "tokens": 0.0, "rkl": 0.0}
         for start in range(0, per_rank, mc.rollout_batch_size):
             n = min(mc.rollout_batch_size, per_rank - start)
-            idx = self.prompt_sampler.next_indices(n * self.world)[self.rank * n: (self.rank + 1) * n]
-            chunk = [self.prompts[i] for i in idx]
+            idx = self.prompt_sampler.next_indices(n * self.world)
+            mine = range(self.rank * n, (self.rank + 1) * n)
+            positions = [start * self.world + j for j in mine]
+            chunk = [self.prompts[idx[j]] for j in mine]
             p = distributed.to_device(collate_prompts(chunk, self.tokenizer.pad_token_id), self.device)
             ro = mixed_sample(self.student, self.teacher, p["input_ids"], p["attention_mask"], alpha=mc.alpha,
                               max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                               pad_token_id=self.tokenizer.pad_token_id, temperature=s.temperature, top_k=s.top_k,
-                              top_p=s.top_p, generator=gen, record_logprobs=not mc.rescore)
-            self.buffer.extend(self.score(chunk, ro, stats))
+                              top_p=s.top_p, row_keys=rollout_keys(cfg.seed, self.round, positions),
+                              record_logprobs=not mc.rescore, synced=self.lockstep)
+            local.extend(self.score(chunk, ro, stats, positions))
+        gathered = engine_lib.all_gather_objects(local)
+        self.buffer = sorted((x for part in gathered for x in part), key=lambda x: x.position)
         self.round += 1
-        self.rollout_stats = {"reward": stats["reward"] / max(stats["tokens"], 1),
-                              "response_len": stats["tokens"] / max(len(self.buffer), 1)}
+        reward, tokens, rkl = engine_lib.all_reduce_sum([stats["reward"], stats["tokens"], stats["rkl"]])
+        self.rollout_stats = {"reward": reward / max(tokens, 1), "response_len": tokens / max(len(self.buffer), 1)}
         if mc.alpha == 0.0:  # the rollout is pure-student already: its reverse KL came free with the scoring
-            self.rollout_stats.update(rev_kl=stats["rkl"] / max(stats["tokens"], 1),
+            self.rollout_stats.update(rev_kl=rkl / max(tokens, 1),
                                       student_response_len=self.rollout_stats["response_len"])
         elif mc.log_student_rev_kl:  # the reference's extra student-only rollout, for logging only
-            first = [self.prompts[i] for i in self.prompt_sampler.peek_order()[: mc.rollout_batch_size]]
+            n_log = mc.rollout_batch_size * self.world
+            first = [self.prompts[i] for i in self.prompt_sampler.peek_order()[:n_log]]
             rkl, student_len = self.student_rev_kl(first, cfg.seed * 100_003 + self.round)
             self.rollout_stats.update(rev_kl=rkl, student_response_len=student_len)
 
-    def score(self, chunk, ro, stats) -> list[Sample]:
+    def score(self, chunk, ro, stats, positions: list[int]) -> list[Sample]:
         """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a)."""
         mc = self.cfg.minillm
         responses = [ro.response_ids[i, : int(ro.lengths[i])].tolist() for i in range(len(chunk))]
@@ -142,22 +166,26 @@ class MiniLLMTrainer(Trainer):
         stats["reward"] += float(rewards.sum())
         stats["tokens"] += float(mask.sum())
         return [Sample(e.prompt_ids, r, logq_old[i, : len(r)].tolist(), weights[i, : len(r)].tolist(),
-                       rewards[i, : len(r)].tolist()) for i, (e, r) in enumerate(zip(chunk, responses, strict=True))]
+                       rewards[i, : len(r)].tolist(), positions[i])
+                for i, (e, r) in enumerate(zip(chunk, responses, strict=True))]
 
     # ------------------------------------------------------------------------------------------ PPO passes
     def next_rollout_batch(self) -> list[Sample]:
+        """This rank's slice of the next global micro-batch (micro_batch_size × ranks) of the shuffled buffer."""
         cfg = self.cfg
-        if len(self.pass_order) < cfg.micro_batch_size:
+        m = cfg.micro_batch_size
+        global_m = m * self.world
+        if len(self.pass_order) < global_m:
             if self.passes_left <= 0:
                 self.collect_rollouts()
                 self.passes_left = cfg.minillm.ppo_epochs
             rng = random.Random(f"{cfg.seed}-{self.round}-{self.passes_left}")
             order = list(range(len(self.buffer)))
             rng.shuffle(order)
-            self.pass_order = order[: len(order) - len(order) % cfg.micro_batch_size]  # drop_last
+            self.pass_order = order[: len(order) - len(order) % global_m]  # drop_last
             self.passes_left -= 1
-        idx, self.pass_order = self.pass_order[: cfg.micro_batch_size], self.pass_order[cfg.micro_batch_size:]
-        return [self.buffer[i] for i in idx]
+        idx, self.pass_order = self.pass_order[:global_m], self.pass_order[global_m:]
+        return [self.buffer[i] for i in idx[self.rank * m: (self.rank + 1) * m]]
 
     def micro_batches(self):
         return [collate_rollouts(self.next_rollout_batch(), self.tokenizer.pad_token_id)
@@ -165,6 +193,13 @@ class MiniLLMTrainer(Trainer):
 
     def micro_weight(self, batch) -> float:
         return 1.0  # reference: DeepSpeed averages micro-batch token means over accumulation steps
+
+    def token_share(self, mask: torch.Tensor) -> float:
+        """n_r·W / Σ_r n_r for this rank's n_r valid tokens: times this rank's token mean, and averaged over ranks
+        by the engine, it gives the token mean of the whole global micro-batch (1 in a single process)."""
+        local = float(mask.sum())
+        (total,) = engine_lib.all_reduce_sum([local])
+        return local * self.world / total if total else 1.0
 
     @property
     def unfiltered(self) -> bool:
@@ -179,7 +214,7 @@ class MiniLLMTrainer(Trainer):
     def loss_terms(self, batch):
         mc = self.cfg.minillm
         mask, tokens = batch["mask"], batch["response_ids"]
-        log_q = M.log_probs(self.processed(response_logits(self.student, batch)))  # one log-softmax, two uses
+        log_q = M.log_probs(self.processed(response_logits(self.policy, batch)))  # one log-softmax, two uses
         logq = M.take(log_q, tokens)
         returns = M.normalized_returns(batch["rewards"], mask, mc.gamma, mc.length_norm)
         if mc.whiten:
@@ -187,12 +222,13 @@ class MiniLLMTrainer(Trainer):
             padded = F.pad(returns, (0, self.cfg.max_new_tokens - returns.shape[1]))
             returns = M.whiten(padded)[:, : returns.shape[1]]
         pg, pg_stats = M.policy_loss(logq, batch["logq_old"], batch["weights"], returns.detach(), mask, mc.clip)
-        terms = {"pg": pg, **pg_stats}
-        loss = pg
+        share = self.token_share(mask)
+        terms = {"pg": pg * share, **{k: v * share for k, v in pg_stats.items()}}
+        loss = terms["pg"]
         if mc.single_step:
             with torch.no_grad():
                 log_p = M.log_probs(self.processed(response_logits(self.teacher, batch)))
-            terms["reg"] = M.single_step_rkl_from_logprobs(log_q, log_p, mask)
+            terms["reg"] = M.single_step_rkl_from_logprobs(log_q, log_p, mask) * share
             loss = loss + terms["reg"]
         if self.corpus is not None:
             terms["pt"] = self.pt_term()
@@ -203,9 +239,10 @@ class MiniLLMTrainer(Trainer):
 
     def pt_term(self) -> torch.Tensor:
         mc = self.cfg.minillm
-        b = distributed.to_device(self.corpus.batch(self.pt_sampler.next_indices(self.cfg.micro_batch_size)),
-                                  self.device)
-        logits = self.student(input_ids=b["input_ids"]).logits
+        m = self.cfg.micro_batch_size  # chunks are full: equal token counts, so rank means average exactly
+        idx = self.pt_sampler.next_indices(m * self.world)[self.rank * m: (self.rank + 1) * m]
+        b = distributed.to_device(self.corpus.batch(idx), self.device)
+        logits = self.policy(input_ids=b["input_ids"]).logits
         t_logits = None
         if mc.pt_loss == "lm+kd":
             with torch.no_grad():
@@ -218,17 +255,23 @@ class MiniLLMTrainer(Trainer):
         """Exact per-token reverse KL to the teacher on pure-student samples (α = 0), and their mean length.
 
         Logging only, as the reference's second, student-only rollout (reference §2a.9): it never enters the loss.
+        Ranks take shares of `examples`; the sums are all-reduced.
         """
         cfg = self.cfg
-        p = distributed.to_device(collate_prompts(examples, self.tokenizer.pad_token_id), self.device)
+        shard, real = self.my_share(examples)
+        first = self.rank * len(shard)
+        p = distributed.to_device(collate_prompts(shard, self.tokenizer.pad_token_id), self.device)
         ro = mixed_sample(self.student, None, p["input_ids"], p["attention_mask"], alpha=0.0,
                           max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                           pad_token_id=self.tokenizer.pad_token_id,
-                          generator=torch.Generator(device=self.device).manual_seed(seed))
+                          row_keys=rollout_keys(seed, 0, list(range(first, first + len(shard)))), synced=self.lockstep)
         batch = ro.as_batch()
-        rkl = M.single_step_rkl(response_logits(self.student, batch), response_logits(self.teacher, batch),
-                                ro.response_mask)
-        return float(rkl), float(ro.lengths.float().mean())
+        per_token = per_position_divergence(response_logits(self.student, batch), response_logits(self.teacher, batch),
+                                            "rkl")
+        mask = ro.response_mask[:real]
+        rkl, tokens = engine_lib.all_reduce_sum([float((per_token[:real] * mask).sum()), float(mask.sum())])
+        (n,) = engine_lib.all_reduce_sum([float(real)])
+        return rkl / max(tokens, 1.0), tokens / max(n, 1.0)
 
     def extra_validation(self) -> dict[str, float]:
         rkl, length = self.student_rev_kl(self.valid_examples[:64], self.cfg.seed)

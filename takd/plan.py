@@ -225,8 +225,11 @@ def _eval_stage(st: PlannedStage, ev: EvalSettings, run_dir: Path) -> PlannedSta
     return PlannedStage(name, "eval", "eval", st.model, [st.name], spec, st.label)
 
 
-def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile) -> None:
-    """Nodes × GPUs, ZeRO stage and teacher placement from the memory estimate; time limit per role."""
+def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile, pinned: tuple[str, ...] = ()) -> None:
+    """Nodes × GPUs, ZeRO stage and teacher placement from the memory estimate; time limit per role.
+
+    pinned: `deepspeed.*` keys the user set with --set; the estimate does not overwrite them (a ZeRO-3 stage the
+    estimate did not need still runs as asked; one that is too small for the model fails at run time)."""
     for st in stages:
         st.time_min = int(60 * min(cluster.max_time_hours, ROLE_HOURS[st.role]))
         if cluster.gpus_per_node == 0:
@@ -248,12 +251,10 @@ def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile) -> Non
         st.mem_per_gpu_gb, st.zero_stage, st.teacher_placement = alloc.mem_per_gpu_gb, alloc.zero_stage, \
             alloc.teacher_placement
         if st.kind == "train" and st.nodes * st.gpus_per_node > 1:
-            st.config["deepspeed"].update(enabled=True, zero_stage=alloc.zero_stage)
-
-
-def unsupported_stages(stages: list[PlannedStage]) -> list[str]:
-    """Stages whose planned allocation needs ZeRO-3 or a sharded teacher, which the trainer cannot run yet."""
-    return [st.name for st in stages if st.kind == "train" and (st.zero_stage == 3 or st.teacher_placement == "zero3")]
+            chosen = {"enabled": True, "zero_stage": alloc.zero_stage, "teacher_placement": alloc.teacher_placement}
+            st.config["deepspeed"].update({k: v for k, v in chosen.items() if f"deepspeed.{k}" not in pinned})
+            st.zero_stage = st.config["deepspeed"]["zero_stage"]
+            st.teacher_placement = st.config["deepspeed"]["teacher_placement"]
 
 
 def _model_of(path_or_name: str, stages: list[PlannedStage]) -> str:
@@ -390,7 +391,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     stages = build_plan(chain, run_dir=run_dir.resolve(), profile=profile, method=args.method,
                         direct=not args.no_direct, baselines=baselines, teacher_path=args.teacher_path, tas=tas,
                         overrides=args.overrides, evaluate=not args.no_eval)
-    assign_resources(stages, cluster)
+    assign_resources(stages, cluster, pinned=tuple(o.split("=", 1)[0].strip() for o in args.overrides))
     meta = {"chain": chain, "tas": tas, "profile": str(profile_path), "cluster": cluster.name, "account": account,
             "executor": args.executor, "git": git_revision(),
             "created": dt.datetime.now().isoformat(timespec="seconds")}
@@ -410,10 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         print(sbatch_script(run_dir, stages, meta, args.show_sbatch))
         return 0
     print(plan_table(stages))
-    blocked = unsupported_stages(stages)
-    if blocked:
-        print(f"warning: {', '.join(blocked)} need ZeRO-3 (the model does not fit otherwise), which takd does not run "
-              "yet; use GPUs with more memory (e.g. --cluster rorqual) or a smaller chain", file=sys.stderr)
     if not (args.submit or args.resume):
         print(f"\n{len(stages)} stages. Nothing written; add --submit to create {run_dir} and submit.")
         return 0

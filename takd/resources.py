@@ -46,20 +46,16 @@ def per_gpu_gb(student_params_m: float, teacher_params_m: float, zero_stage: int
 
 def choose_allocation(student_params_m: float, teacher_params_m: float, gpu_mem_gb: float, gpus_per_node: int,
                       max_nodes: int = 4, headroom: float = 0.9) -> Allocation | None:
-    """The fewest GPUs (then the least sharding) whose estimate fits in headroom × GPU memory.
-
-    ZeRO-1/2 allocations are preferred over ZeRO-3 ones at any GPU count, because the trainer does not run
-    ZeRO-3 yet; ZeRO-3 is returned only when nothing else fits (the planner then flags the stage).
-    """
+    """The fewest GPUs, then the least sharding (ZeRO-1 < 2 < 3, replicated teacher < ZeRO-3 teacher), whose
+    estimate fits in headroom × GPU memory: fewer GPUs cost fewer GPU-hours; less sharding communicates less."""
     counts = [c for c in (1, 2, 4, 8) if c <= gpus_per_node] + [gpus_per_node * n for n in range(2, max_nodes + 1)]
-    for zeros in ((1, 2), (3,)):
-        for n in counts:
-            for zero in zeros:
-                for placement in ("replicated", "zero3"):
-                    if placement == "zero3" and zero != 3:
-                        continue  # a sharded teacher only pays off when the student is sharded too
-                    gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n)
-                    if gb <= headroom * gpu_mem_gb:
-                        nodes = max(1, n // gpus_per_node)
-                        return Allocation(nodes, min(n, gpus_per_node), zero, placement, gb)
+    for n in counts:
+        for zero in (1, 2, 3):
+            for placement in ("replicated", "zero3"):
+                if placement == "zero3" and zero != 3:
+                    continue  # a sharded teacher only pays off when the student is sharded too
+                gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n)
+                if gb <= headroom * gpu_mem_gb:
+                    nodes = max(1, n // gpus_per_node)
+                    return Allocation(nodes, min(n, gpus_per_node), zero, placement, gb)
     return None

@@ -8,6 +8,12 @@ here it is a ~60-line loop over `model(input_ids, past_key_values=...)`.
 
 Prompts are left-padded; position ids are cumsum(attention_mask) − 1 so GPT-2 (absolute positions from
 position_ids) and OPT see the same positions as an unpadded prompt. Rows stop at EOS and are padded after.
+
+Randomness: with `row_keys`, row i's draws come from its own counter-based stream (a hash of its key and the
+step), and the token is the inverse CDF of p̃ at that uniform. A sample then depends only on its key and its
+prompt, not on the other prompts in its batch or on which rank drew it: the same rollouts on 1 or N processes.
+Under ZeRO-3 (`synced`) every rank keeps stepping until every rank's rows have ended, since each forward is a
+collective; rows that already ended decode padding, which the response mask removes.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
+from takd import engine
 from takd.losses import upcast
+
+_M32 = 0xFFFFFFFF
 
 
 @dataclass
@@ -63,6 +72,37 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
     return logits
 
 
+def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(x·m) mod 2³² for 0 ≤ x < 2³², in int64 without overflow (the product is split in 16-bit halves of m)."""
+    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (xorshift-multiply, "lowbias32" constants) on int64 tensors holding 32-bit values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def row_uniforms(row_keys: torch.Tensor, step: int) -> torch.Tensor:
+    """A uniform in [0, 1) per row, a pure function of (key, step): u = (27 bits of h(k, 2s) · 2²⁶ + 26 bits of
+    h(k, 2s+1)) / 2⁵³. row_keys [B] int64 ≥ 0 -> [B] float64."""
+    k = _hash32(_hash32(row_keys & _M32) ^ ((row_keys >> 32) & _M32))
+    a = _hash32(k ^ _hash32(torch.full_like(k, 2 * step)))
+    b = _hash32(k ^ _hash32(torch.full_like(k, 2 * step + 1)))
+    return ((a >> 5) * 2**26 + (b >> 6)).double() / 2**53
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The token whose CDF interval holds u·Σp: index of the first cumulative sum > u·Σp (float64 sums; entries of
+    zero probability are never chosen). probs [B, V] ≥ 0, uniforms [B] in [0, 1) -> [B] long."""
+    cdf = probs.double().cumsum(-1)
+    target = (uniforms * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp_min(0)
 
@@ -95,11 +135,14 @@ class _Stepper:
 def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, alpha: float,
                  max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 use_cache: bool = True, record_logprobs: bool = False) -> Rollout:
+                 row_keys: torch.Tensor | None = None, use_cache: bool = True, record_logprobs: bool = False,
+                 synced: bool = False) -> Rollout:
     """Sample responses from p̃ = (1 − α)·q_student + α·p_teacher, token by token (see module docstring).
 
-    record_logprobs: also return each sampled token's log-probability under every model that ran (the same values
-    a fresh forward over prompt + response gives, up to float rounding), so scoring needs no second pass.
+    generator: draws with torch.multinomial (the batch shares one stream); row_keys [B] int64: each row draws from
+    its own keyed stream (batch- and rank-invariant). record_logprobs: also return each sampled token's
+    log-probability under every model that ran (the same values a fresh forward over prompt + response gives, up
+    to float rounding), so scoring needs no second pass. synced: stop only when every rank's rows have ended.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -118,7 +161,10 @@ def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torc
         probs = log_q.exp() if log_q is not None else None
         if log_p_mix is not None:
             probs = log_p_mix.exp() if probs is None else probs.mul_(1.0 - alpha).add_(log_p_mix.exp(), alpha=alpha)
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if row_keys is not None:
+            token = inverse_cdf_sample(probs, row_uniforms(row_keys.to(probs.device), step))
+        else:
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         if record_logprobs:
@@ -130,7 +176,10 @@ def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torc
                 raw = log_p_mix if unfiltered else torch.log_softmax(upcast(t.logits), -1)
                 recorded["p"].append(raw.gather(-1, idx).squeeze(-1))
         finished = finished | (token == eos_token_id)
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        if step == max_new_tokens - 1:
+            break
+        done = bool(finished.all())
+        if engine.all_true(done) if synced else done:
             break
         # Finished rows keep decoding pad tokens (batched forward); what they produce is masked out.
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

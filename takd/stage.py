@@ -127,11 +127,17 @@ class DeepSpeedConfig:
     """The student as a DeepSpeed engine. Always on when the stage runs as several processes."""
 
     enabled: bool = False  # also for a single process (e.g. to test the engine path)
-    zero_stage: int = 1  # 1 | 2 (3: not yet)
-    offload_optimizer: bool = False  # optimizer states in host memory (ZeRO-3 only, not yet)
+    zero_stage: int = 1  # 1: optimizer states sharded | 2: + gradients | 3: + weights (forwards become collective)
+    offload_optimizer: bool = False  # ZeRO-3 only: fp32 master weights and Adam moments in host memory
+    # replicated: a frozen copy of the teacher per process | zero3: an inference-only ZeRO-3 engine (weights sharded)
+    teacher_placement: Literal["replicated", "zero3"] = "replicated"
 
     def __post_init__(self) -> None:
         check(self.zero_stage in (1, 2, 3), f"deepspeed.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        check(not self.offload_optimizer or self.zero_stage == 3,
+              "deepspeed.offload_optimizer needs deepspeed.zero_stage=3")
+        check(self.teacher_placement in ("replicated", "zero3"),
+              f"deepspeed.teacher_placement must be replicated or zero3, got {self.teacher_placement!r}")
 
 
 @dataclass

@@ -60,20 +60,29 @@ def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str) -
 
 
 @torch.no_grad()
-def response_cross_entropy(model, examples: list[Example], pad_id: int, batch_size: int,
-                           device: torch.device | str = "cpu") -> float:
-    """Token-mean CE of the gold responses (the init-selection criterion, reference §1). Leaves `model` in train
-    mode if it was."""
+def response_cross_entropy_sums(model, examples: list[Example], pad_id: int, batch_size: int,
+                                device: torch.device | str = "cpu", n_real: int | None = None) -> tuple[float, float]:
+    """(Σ token CE, token count) over the gold responses of the first `n_real` examples (the rest are padding that
+    keeps ranks in lockstep). Leaves `model` in train mode if it was."""
     was_training = model.training
     model.eval()
+    n_real = len(examples) if n_real is None else n_real
     num, den = 0.0, 0.0
     for i in range(0, len(examples), batch_size):
         b = distributed.to_device(collate_sft(examples[i: i + batch_size], pad_id), device)
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         logits, labels = shift_for_next_token(out.logits, b["labels"])
+        labels[max(0, n_real - i):] = -100  # padding rows count for nothing
         num += float(token_cross_entropy(logits, labels).sum())
         den += float((labels >= 0).sum())
     model.train(was_training)
+    return num, den
+
+
+def response_cross_entropy(model, examples: list[Example], pad_id: int, batch_size: int,
+                           device: torch.device | str = "cpu") -> float:
+    """Token-mean CE of the gold responses (the init-selection criterion, reference §1)."""
+    num, den = response_cross_entropy_sums(model, examples, pad_id, batch_size, device)
     return num / max(den, 1.0)
 
 
@@ -98,13 +107,23 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.use_engine = cfg.deepspeed.enabled or self.world > 1
+        self.zero3 = self.use_engine and engine_lib.is_zero3(cfg)
+        self.teacher_sharded = self.use_engine and cfg.deepspeed.teacher_placement == "zero3"
+        # a forward of a sharded model is a collective: every rank must run every forward, in the same order
+        self.lockstep = self.zero3 or self.teacher_sharded
+        if cfg.deepspeed.teacher_placement == "zero3" and not self.use_engine:
+            raise cfglib.ConfigError("deepspeed.teacher_placement=zero3 needs the DeepSpeed path: set "
+                                     "deepspeed.enabled=true or run several processes")
         if self.use_engine:
             engine_lib.deepspeed_config(cfg)  # refuse unsupported settings before any work
             engine_lib.init_process_group()
         resume_from = ckpt.latest_checkpoint(self.ckpt_root)
         self.tokenizer = load_tokenizer_for(cfg.student)
         self.device = distributed.device()
-        self.student = load_model(str(resume_from) if resume_from else cfg.student, DTYPES[cfg.dtype]).to(self.device)
+        with engine_lib.partitioned_loading(engine_lib.deepspeed_config(cfg) if self.zero3 else None):
+            self.student = load_model(str(resume_from) if resume_from else cfg.student, DTYPES[cfg.dtype])
+        if not self.zero3:  # zero.Init already placed the shards
+            self.student.to(self.device)
         self.teacher = self.load_teacher() if (self.needs_teacher and cfg.teacher) else None
         self.train_examples = self.build_train_examples()
         self.valid_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
@@ -117,6 +136,9 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, o, cfg.max_steps))
         self.engine = engine_lib.build_engine(self.student, self.optimizer, self.scheduler, cfg) \
             if self.use_engine else None
+        # Training forwards go through the engine: ZeRO-3 counts accumulation micro-steps in its forward, and
+        # without that count each micro-batch's gradient would replace the previous one instead of adding to it.
+        self.policy = self.engine if self.engine is not None else self.student
         if resume_from:
             self.restore(resume_from)
         self.student.train()
@@ -126,7 +148,12 @@ class Trainer:
         cfg = self.cfg
         teacher_tok = load_tokenizer_for(cfg.teacher)
         check_same_tokenizer(self.tokenizer, teacher_tok, cfg.student, cfg.teacher)
-        return load_model(cfg.teacher, DTYPES[cfg.dtype]).to(self.device).eval().requires_grad_(False)
+        if not self.teacher_sharded:
+            return load_model(cfg.teacher, DTYPES[cfg.dtype]).to(self.device).eval().requires_grad_(False)
+        with engine_lib.partitioned_loading(engine_lib.teacher_config(cfg)):
+            teacher = load_model(cfg.teacher, DTYPES[cfg.dtype]).requires_grad_(False)
+        self.teacher_engine = engine_lib.build_teacher_engine(teacher, cfg)  # holds the shards and gather hooks
+        return teacher.eval()
 
     def build_train_examples(self) -> list[Example]:
         cfg = self.cfg
@@ -137,11 +164,15 @@ class Trainer:
         if self.rank != 0:
             return
         cfg = self.cfg
-        n_params = sum(p.numel() for p in self.student.parameters())
+        n_params = engine_lib.parameter_count(self.student)
         seqs = cfg.micro_batch_size * cfg.grad_accum_steps * self.world
-        engine = f", DeepSpeed ZeRO-{cfg.deepspeed.zero_stage} on {self.world} process(es)" if self.engine else ""
+        ds = cfg.deepspeed
+        engine = (f", DeepSpeed ZeRO-{ds.zero_stage}{' (optimizer offloaded)' if ds.offload_optimizer else ''} on "
+                  f"{self.world} process(es)") if self.engine else ""
+        teacher = f", teacher {cfg.teacher}{' (ZeRO-3 sharded)' if self.teacher_sharded else ''}" \
+            if self.teacher is not None else ""
         msg = (f"[{cfg.name}] {cfg.method}: student {cfg.student} ({n_params / 1e6:.2f}M params){engine}"
-               f"{f', teacher {cfg.teacher}' if self.teacher is not None else ''}; {len(self.train_examples)} "
+               f"{teacher}; {len(self.train_examples)} "
                f"train examples, {len(self.valid_examples)} valid; {seqs} sequences/step "
                f"({cfg.micro_batch_size}x{cfg.grad_accum_steps}x{self.world}), {cfg.max_steps} steps -> {self.out}")
         print(msg + (f"\n[{cfg.name}] resumed from {resume_from} at step {self.step}" if resume_from else ""),
@@ -230,25 +261,32 @@ class Trainer:
         return dict(sums)
 
     # ------------------------------------------------------------------------------------------ validation
+    def my_share(self, items: list) -> tuple[list, int]:
+        """This rank's share of validation work, padded so every rank runs the same batches (see padded_shard)."""
+        return distributed.padded_shard(items, self.rank, self.world)
+
     def validation_loss(self) -> float:
-        return response_cross_entropy(self.student, self.valid_examples, self.tokenizer.pad_token_id,
-                                      self.cfg.micro_batch_size, self.device)
+        """Token-mean gold-response CE over the validation set; each rank scores its share, sums all-reduced."""
+        shard, real = self.my_share(self.valid_examples)
+        num, den = response_cross_entropy_sums(self.student, shard, self.tokenizer.pad_token_id,
+                                               self.cfg.micro_batch_size, self.device, n_real=real)
+        num, den = engine_lib.all_reduce_sum([num, den])
+        return num / max(den, 1.0)
+
+    def validation_generations(self) -> list[str]:
+        """One sample per validation prompt; ranks generate their shares (synchronised under ZeRO-3), all get all."""
+        cfg = self.cfg
+        shard, real = self.my_share(self.valid_examples)
+        preds = generate(self.student, self.tokenizer, shard, seed=cfg.seed + self.rank,
+                         max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=0, synced_gpus=self.lockstep)[:real]
+        return [p for part in engine_lib.all_gather_objects(preds) for p in part]
 
     def validate(self) -> dict[str, float]:
-        """On rank 0 (ZeRO-1/2 keep full weights there); the other ranks wait at the barrier."""
-        if self.rank != 0:
-            engine_lib.barrier()
-            return {}
-        metrics = self._validate_here()
-        engine_lib.barrier()
-        return metrics
-
-    def _validate_here(self) -> dict[str, float]:
+        """Every rank takes part (the work is sharded) and returns the same metrics; rank 0 logs them."""
         cfg = self.cfg
         metrics = {"val_loss": self.validation_loss()}
         if cfg.eval_prompts:
-            preds = generate(self.student, self.tokenizer, self.valid_examples, seed=cfg.seed,
-                             max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=0)
+            preds = self.validation_generations()
             metrics.update({f"val_{k}": v for k, v in score(preds, self.valid_examples).items()})
         metrics.update(self.extra_validation())
         self.log_metrics(metrics, kind="eval")
@@ -265,12 +303,23 @@ class Trainer:
         value = metrics["val_rouge_l"] if sel == "rouge_l" else -metrics["val_loss"]
         if self.best is None or value > self.best:
             self.best = value
-            with ckpt.atomic_directory(self.out / "best") as d:
-                self.save_hf(d, extra={"step": self.step, "select_by": sel, **metrics})
+            self.export(self.out / "best", extra={"step": self.step, "select_by": sel, **metrics})
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def save_hf(self, directory: Path, extra: dict[str, Any] | None = None) -> None:
-        self.student.save_pretrained(directory)
+    def export(self, directory: Path, extra: dict[str, Any] | None = None, verify: bool = False) -> None:
+        """The current weights as an HF directory, written atomically by rank 0. Collective: under ZeRO-3 every
+        rank contributes its shards. verify: load it back before marking it complete."""
+        state = engine_lib.consolidated_state_dict(self.engine, self.student)
+        if self.rank == 0:
+            with ckpt.atomic_directory(directory) as d:
+                self.save_hf(d, state, extra)
+                if verify:
+                    load_model(str(d))  # a stage never hands off weights that do not load
+        engine_lib.barrier()
+
+    def save_hf(self, directory: Path, state_dict: dict[str, torch.Tensor] | None = None,
+                extra: dict[str, Any] | None = None) -> None:
+        self.student.save_pretrained(directory, state_dict=state_dict)
         self.tokenizer.save_pretrained(directory)
         write_model_meta(directory, base=base_model_name(self.cfg.student), stage=self.cfg.name, method=self.cfg.method,
                          **(extra or {}))
@@ -289,17 +338,20 @@ class Trainer:
                 self.save_hf(d, extra={"step": self.step})
                 ckpt.save_trainer_state(d, self.trainer_state())
         else:
-            # Collective: every rank writes its optimizer shard into one temporary directory; rank 0 adds the HF
-            # weights and trainer state, then marks it complete and renames it into place.
+            # Collective: every rank writes its optimizer (and, under ZeRO-3, weight) shards and its own RNG state
+            # into one temporary directory; rank 0 adds the gathered HF weights and the trainer state, then marks it
+            # complete and renames it into place. A crash before the rename leaves only the temporary directory.
             tmp = self.ckpt_root / f".tmp-{final.name}"
             if self.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             engine_lib.barrier()
             self.engine.save_checkpoint(str(tmp / "ds"), tag="state", save_latest=False)
+            torch.save(ckpt.rng_state(), ckpt.rank_rng_file(tmp, self.rank))
+            state = engine_lib.consolidated_state_dict(self.engine, self.student)
             engine_lib.barrier()
             if self.rank == 0:
-                self.save_hf(tmp, extra={"step": self.step})
+                self.save_hf(tmp, state, extra={"step": self.step})
                 ckpt.save_trainer_state(tmp, self.trainer_state())
                 ckpt.commit_directory(tmp, final)
             engine_lib.barrier()
@@ -318,7 +370,8 @@ class Trainer:
         else:
             self.engine.load_checkpoint(str(directory / "ds"), tag="state")
         self.sampler.load_state_dict(state["sampler"])
-        ckpt.set_rng_state(state["rng"])
+        own_rng = ckpt.rank_rng_file(directory, self.rank)
+        ckpt.set_rng_state(torch.load(own_rng, weights_only=False) if own_rng.is_file() else state["rng"])
         self.restore_extra(state.get("extra", {}))
         self._truncate_metrics(after_step=self.step)
 
@@ -329,21 +382,20 @@ class Trainer:
         """Write `final/`: the best checkpoint by `select_by` (or the last weights), verified loadable."""
         final = self.out / "final"
         best = self.out / "best"
-        if self.rank != 0:
+        if self.cfg.select_by != "last" and ckpt.is_complete(best):
+            if self.rank == 0:
+                with ckpt.atomic_directory(final) as d:
+                    for f in best.iterdir():
+                        if f.name != ckpt.COMPLETE:
+                            shutil.copy2(f, d / f.name)
+                    load_model(str(d))  # a stage never hands off weights that do not load
             engine_lib.barrier()
-            return final
-        with ckpt.atomic_directory(final) as d:
-            if self.cfg.select_by != "last" and ckpt.is_complete(best):
-                for f in best.iterdir():
-                    if f.name != ckpt.COMPLETE:
-                        shutil.copy2(f, d / f.name)
-            else:
-                self.save_hf(d, extra={"step": self.step})
-            load_model(str(d))  # a stage never hands off weights that do not load
+        else:
+            self.export(final, extra={"step": self.step}, verify=True)
         if self.writer is not None:
             self.writer.close()
-        print(f"[{self.cfg.name}] final model: {final}", flush=True)
-        engine_lib.barrier()
+        if self.rank == 0:
+            print(f"[{self.cfg.name}] final model: {final}", flush=True)
         return final
 
     # ---------------------------------------------------------------------------------------------- logging
@@ -365,7 +417,7 @@ class Trainer:
 
     def _truncate_metrics(self, after_step: int) -> None:
         """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
-        if not self.metrics_file.is_file():
+        if self.rank != 0 or not self.metrics_file.is_file():
             return
         rows = [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
         kept = [r for r in rows if r["step"] <= after_step]
@@ -387,7 +439,7 @@ class SFTTrainer(Trainer):
     """SFT w/o KD: response-only cross-entropy (reference §5)."""
 
     def loss_terms(self, batch):
-        out = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits, labels = shift_for_next_token(out.logits, batch["labels"])
         ce = masked_mean(token_cross_entropy(logits, labels), labels >= 0)
         return {"loss": ce, "ce": ce}
@@ -403,7 +455,7 @@ class KDTrainer(Trainer):
 
     def loss_terms(self, batch):
         kd = self.cfg.kd
-        out = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         with torch.no_grad():
             t_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits, labels = shift_for_next_token(out.logits, batch["labels"])
@@ -428,12 +480,21 @@ class SeqKDTrainer(KDTrainer):
         cfg, s = self.cfg, self.cfg.seqkd.sampling
         rows = load_rows(cfg.dataset, "train", seed=0)
         prompts = encode_rows(rows, self.tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens, with_response=False)
-        print(f"[{cfg.name}] SeqKD: teacher {cfg.teacher} samples {len(prompts)} responses -> {path}", flush=True)
-        outs = generate(self.teacher, self.tokenizer, prompts, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
-                        batch_size=cfg.seqkd.generation_batch_size, temperature=s.temperature, top_k=s.top_k,
-                        top_p=s.top_p, progress=True)
-        write_jsonl(path, [{**e.row, "gold_output": references(e.row)[0], "output": o}
-                           for e, o in zip(prompts, outs, strict=True)])
+        if self.rank == 0:
+            print(f"[{cfg.name}] SeqKD: teacher {cfg.teacher} samples {len(prompts)} responses on {self.world} "
+                  f"process(es) -> {path}", flush=True)
+        shard, real = self.my_share(prompts)
+        outs = generate(self.teacher, self.tokenizer, shard, seed=cfg.seed + self.rank,
+                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.seqkd.generation_batch_size,
+                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, progress=self.rank == 0,
+                        synced_gpus=self.lockstep)[:real]
+        outs = [o for part in engine_lib.all_gather_objects(outs) for o in part]
+        if self.rank == 0:
+            tmp = path.with_suffix(".jsonl.tmp")
+            write_jsonl(tmp, [{**e.row, "gold_output": references(e.row)[0], "output": o}
+                              for e, o in zip(prompts, outs, strict=True)])
+            tmp.replace(path)  # complete or absent: a killed job regenerates
+        engine_lib.barrier()
 
     def loss_terms(self, batch):
         if self.cfg.seqkd.loss == "kd":

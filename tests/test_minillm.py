@@ -56,7 +56,7 @@ def test_discounted_returns_match_loop():
 
 def test_whiten_hand_case():
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    want = (x - 2.5) / math.sqrt(5 / 3 + 1e-8)  # Bessel-corrected variance 5/3 over all entries
+    want = (x - 2.5) / math.sqrt(5 / 4 + 1e-8)  # biased variance 5/4 over all entries (reference's global stats)
     assert torch.allclose(M.whiten(x), want)
 
 

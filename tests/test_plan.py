@@ -201,26 +201,33 @@ def test_slurm_timeout_requeues_and_resumes_from_checkpoint(tmp_path):
     assert "sft-tiny-m" in {s.name for s in stages}
 
 
-def test_multi_gpu_stages_get_deepspeed_and_zero3_needs_are_flagged(capsys, monkeypatch, tmp_path):
+def test_multi_gpu_stages_get_the_estimated_zero_stage_and_teacher_placement(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    from takd.plan import ChainProfile, assign_resources, build_plan, load_cluster, unsupported_stages
+    from takd.plan import ChainProfile, assign_resources, build_plan, load_cluster
 
     stages = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(stages, load_cluster("rorqual"))
     by = {s.name: s for s in stages}
-    sft = by["sft-opt-13b"]  # 4 GPUs would need ZeRO-3: two nodes with ZeRO-2 are preferred (runnable today)
-    assert (sft.nodes, sft.gpus_per_node, sft.zero_stage) == (2, 4, 2) and sft.mem_per_gpu_gb < 72
-    assert sft.config["deepspeed"] == {"enabled": True, "zero_stage": 2, "offload_optimizer": False}
+    sft = by["sft-opt-13b"]  # 13B x 16 B/param sharded over 4 H100s: 52 GB + 6 GB working memory
+    assert (sft.nodes, sft.gpus_per_node, sft.zero_stage) == (1, 4, 3) and sft.mem_per_gpu_gb == pytest.approx(58.0)
+    assert sft.config["deepspeed"] == {"enabled": True, "zero_stage": 3, "offload_optimizer": False,
+                                       "teacher_placement": "replicated"}
+    first = by["minillm-opt-13b-to-opt-6.7b"]  # the README's table: ZeRO-2 with a replicated teacher fits 4 x 80 GB
+    assert (first.nodes, first.gpus_per_node, first.zero_stage, first.teacher_placement) == (1, 4, 2, "replicated")
     assert by["init-opt-1.3b"].gpus_per_node == 1 and by["init-opt-1.3b"].config["deepspeed"]["enabled"] is False
-    assert unsupported_stages(stages) == []
+
     narval = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(narval, load_cluster("narval"))
-    assert "sft-opt-13b" in unsupported_stages(narval)
-    rc, _, err = _run(["--chain", "opt-13b,opt-6.7b,opt-1.3b", "--cluster", "narval", "--account", "x"], capsys)
-    assert rc == 0 and "need ZeRO-3" in err
+    first = {s.name: s for s in narval}["minillm-opt-13b-to-opt-6.7b"]  # 40 GB: both models sharded over 8 GPUs
+    assert (first.nodes, first.gpus_per_node, first.zero_stage, first.teacher_placement) == (2, 4, 3, "zero3")
+    assert first.config["deepspeed"]["teacher_placement"] == "zero3"
+    assert first.mem_per_gpu_gb == pytest.approx(22.65, abs=0.01)
+
+    pinned = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
+    assign_resources(pinned, load_cluster("rorqual"), pinned=("deepspeed.zero_stage",))
+    assert {s.name: s for s in pinned}["sft-opt-13b"].config["deepspeed"]["zero_stage"] == 1  # the user's value
 
 
-@slurm
 def test_two_task_slurm_stages_train_with_deepspeed(tmp_path, capsys):
     """The 2-rank DeepSpeed path launched as 2-task Slurm jobs through the planner (gloo on CPU)."""
     run = tmp_path / "r"
