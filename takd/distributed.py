@@ -49,6 +49,8 @@ def padded_shard(items: list, rank_: int, world: int) -> tuple[list, int]:
     """Rank `rank_`'s contiguous share of `items`, padded with copies of an item to ⌈N/W⌉ entries, and how many of
     them are real. Every rank then runs the same number of equal batches, which lockstep (ZeRO-3) forwards need;
     results of the padding entries are dropped by the caller."""
+    if not items:
+        return [], 0
     per = -(-len(items) // world)
     shard = items[rank_ * per: (rank_ + 1) * per]
     real = len(shard)

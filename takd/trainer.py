@@ -30,7 +30,7 @@ from takd import engine as engine_lib
 from takd.data import EpochSampler, Example, collate_sft, encode_rows, load_rows, references, write_jsonl
 from takd.evaluate import generate, score
 from takd.losses import divergence, masked_mean, shift_for_next_token, token_cross_entropy
-from takd.models import base_model_name, load_model, load_tokenizer_for, write_model_meta
+from takd.models import base_model_name, load_model, load_tokenizer_for, model_dir, write_model_meta
 from takd.stage import StageConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -117,6 +117,10 @@ class Trainer:
         if self.use_engine:
             engine_lib.deepspeed_config(cfg)  # refuse unsupported settings before any work
             engine_lib.init_process_group()
+        if self.rank == 0:  # tiny models are built on first use: once, by one process, never inside zero.Init
+            for name in filter(None, (cfg.student, cfg.teacher if self.needs_teacher else None)):
+                model_dir(name)
+        engine_lib.barrier()
         resume_from = ckpt.latest_checkpoint(self.ckpt_root)
         self.tokenizer = load_tokenizer_for(cfg.student)
         self.device = distributed.device()

@@ -158,3 +158,17 @@ def test_teacher_placement_zero3_needs_the_engine(tmp_path):
         KDTrainer(cfg).setup()
     with pytest.raises(ConfigError, match="offload_optimizer needs deepspeed.zero_stage=3"):
         DeepSpeedConfig(zero_stage=2, offload_optimizer=True)
+
+
+def test_zero3_ranks_that_finish_at_different_steps_keep_stepping_together(tmp_path):
+    """Rank 0's rows end at step 1, rank 1's run to the limit: synced sampling and generation end without deadlock,
+    and rank 0's rows stay ended (the extra steps it took part in are masked out)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(REPO / "tests" / "sync_worker.py"), str(tmp_path)]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["lengths"] == [1, 1] and r1["lengths"] == [12, 12]
+    assert r0["steps"] == r1["steps"] == 12  # rank 0 kept stepping (padding) until rank 1 was done
+    assert (r0["texts"], r1["texts"]) == (1, 2)

@@ -291,3 +291,61 @@ def test_sampler_logprobs_equal_a_fresh_forward(tokenizer, top_k):
     assert torch.allclose(ro.teacher_mix_logprobs[m], fresh_p_mix[m], atol=1e-4)
     if top_k:  # filtering renormalises over the kept tokens: the mixture's teacher differs from the reward's
         assert not torch.allclose(ro.teacher_mix_logprobs[m], ro.teacher_logprobs[m], atol=1e-3)
+
+
+def test_keyed_uniforms_are_uniform_and_a_pure_function_of_key_and_step():
+    from takd.rollout import row_uniforms
+
+    keys = torch.arange(100_000) + 2**40
+    u = row_uniforms(keys, 7)
+    assert torch.equal(u, row_uniforms(keys, 7)) and 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    # mean 1/2 and variance 1/12 within 5 standard errors; neighbouring keys and steps uncorrelated
+    assert abs(float(u.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / len(u))
+    assert abs(float(u.var()) * 12 - 1.0) < 0.02
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 0.02
+    assert abs(float(torch.corrcoef(torch.stack([u, row_uniforms(keys, 8)]))[0, 1])) < 0.02
+
+
+def test_inverse_cdf_sampling_follows_the_probabilities_and_never_picks_zero_mass():
+    from takd.rollout import inverse_cdf_sample, row_uniforms
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]).expand(60_000, 5)
+    tokens = inverse_cdf_sample(probs, row_uniforms(torch.arange(60_000), 0))
+    freq = torch.bincount(tokens, minlength=5).double() / len(tokens)
+    assert freq[1] == 0 and freq[4] == 0
+    for k in (0, 2, 3):
+        assert abs(float(freq[k]) - float(probs[0, k])) < 5 * math.sqrt(float(probs[0, k]) * 0.9 / len(tokens))
+    # hand case: CDF 0.1, 0.1, 0.7, 1.0 -> u = 0.05, 0.1, 0.69, 0.7, 0.99 land in tokens 0, 2, 2, 3, 3
+    u = torch.tensor([0.05, 0.1, 0.69, 0.7, 0.99], dtype=torch.float64)
+    assert inverse_cdf_sample(probs[:5], u).tolist() == [0, 2, 2, 3, 3]
+
+
+def test_keyed_sampling_does_not_depend_on_batch_company(tokenizer):
+    """A row's sample depends on its key and prompt only: what N ranks draw is what one process draws."""
+    from takd.models import load_model
+
+    student, teacher = load_model("tiny-s").eval(), load_model("tiny-m").eval()
+    texts = ["What is the capital of Kalomi?", "Sort: 3, 1", "Hi", "Reverse the word: lamp"]
+    keys = torch.tensor([11, 12, 13, 14]) + 2**33
+    kw = dict(alpha=0.2, max_new_tokens=10, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ids, mask = _left_padded_prompts(tokenizer, texts)
+    together = mixed_sample(student, teacher, ids, mask, row_keys=keys, **kw)
+    for halves in ((0, 2), (2, 4)):  # as two ranks would split the batch
+        ids_h, mask_h = _left_padded_prompts(tokenizer, texts[halves[0]: halves[1]])
+        part = mixed_sample(student, teacher, ids_h, mask_h, row_keys=keys[halves[0]: halves[1]], **kw)
+        for i in range(halves[1] - halves[0]):
+            row = together.response_ids[halves[0] + i][together.response_mask[halves[0] + i]]
+            assert row.tolist() == part.response_ids[i][part.response_mask[i]].tolist()
+    other = mixed_sample(student, teacher, ids, mask, row_keys=keys + 100, **kw)
+    assert not torch.equal(other.response_ids, together.response_ids)
+
+
+def test_padded_shard_gives_every_rank_the_same_count():
+    from takd.distributed import padded_shard
+
+    items = list(range(7))
+    shards = [padded_shard(items, r, 3) for r in range(3)]
+    assert shards == [([0, 1, 2], 3), ([3, 4, 5], 3), ([6, 6, 6], 1)]
+    assert [x for s, n in shards for x in s[:n]] == items
+    assert padded_shard([0, 1], 2, 3) == ([1], 0)  # more ranks than items: padding only
+    assert padded_shard([], 1, 2) == ([], 0)
