@@ -267,7 +267,7 @@ def _model_of(path_or_name: str, stages: list[PlannedStage]) -> str:
 # ------------------------------------------------------------------------------------------------ display
 def plan_table(stages: list[PlannedStage]) -> str:
     head = f"{'stage':34s} {'method':8s} {'teacher':22s} {'student':22s} {'after':30s} {'GPUs':>6s} " \
-           f"{'GB/GPU':>7s} {'time':>6s} {'GPU-h':>6s}"
+           f"{'ZeRO':>6s} {'GB/GPU':>7s} {'time':>6s} {'GPU-h':>6s}"
     lines = [head, "-" * len(head)]
     for st in stages:
         teacher = _short(st.config.get("teacher") or "") if st.kind == "train" else ""
@@ -276,8 +276,18 @@ def plan_table(stages: list[PlannedStage]) -> str:
         gpuh = st.nodes * st.gpus_per_node * st.time_min / 60
         method = st.config.get("method", "eval")
         lines.append(f"{st.name:34s} {method:8s} {teacher:22s} {student:22s} {','.join(st.depends_on)[:30]:30s} "
-                     f"{gpus:>6s} {st.mem_per_gpu_gb:7.1f} {st.time_min / 60:5.1f}h {gpuh:6.0f}")
+                     f"{gpus:>6s} {_zero_label(st):>6s} {st.mem_per_gpu_gb:7.1f} {st.time_min / 60:5.1f}h "
+                     f"{gpuh:6.0f}")
+    lines.append("ZeRO: the student's stage; +T3 = teacher sharded by ZeRO-3 too, +off = optimizer in host memory")
     return "\n".join(lines)
+
+
+def _zero_label(st: PlannedStage) -> str:
+    ds = st.config.get("deepspeed") or {}
+    if st.kind != "train" or not ds.get("enabled"):
+        return "-"
+    return (f"{ds['zero_stage']}{'+off' if ds.get('offload_optimizer') else ''}"
+            f"{'+T3' if ds.get('teacher_placement') == 'zero3' and st.config.get('teacher') else ''}")
 
 
 def _short(path: str) -> str:
