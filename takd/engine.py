@@ -117,6 +117,16 @@ def build_teacher_engine(model: torch.nn.Module, cfg):
     return engine
 
 
+def gathered_for_generation(engine, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """While open, a ZeRO-3 student's weights are whole on every rank and its gather hooks are off, so decoding runs
+    local forwards (DeepSpeed's `unwrap_model_for_generation`). Collective on entry and exit; a no-op otherwise."""
+    if not enabled or engine is None or not engine.zero_optimization_partition_weights():
+        return contextlib.nullcontext()
+    from deepspeed.runtime.zero import unwrap_model_for_generation
+
+    return unwrap_model_for_generation(engine)
+
+
 def parameter_count(model: torch.nn.Module) -> int:
     """Parameters of the whole model, also when ZeRO-3 has partitioned them (ds_numel is the full size)."""
     return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
@@ -142,6 +152,14 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 
 def _multi_process() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shutdown() -> None:
+    """Leave the process group together (barrier, then destroy). Without it a rank can exit while gloo/NCCL threads
+    still serve a peer, and the runtime aborts that process at exit (SIGABRT), failing a finished job."""
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

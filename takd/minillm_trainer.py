@@ -108,24 +108,11 @@ class MiniLLMTrainer(Trainer):
     @torch.no_grad()
     def collect_rollouts(self) -> None:
         cfg, mc = self.cfg, self.cfg.minillm
-        s = mc.sampling
         # num_rollouts is global (reference §3): each draw of n·W prompts from the stream gives every rank n
         per_rank = mc.num_rollouts // self.world
-        local: list[Sample] = []
         stats = {"reward": 0.0, "tokens": 0.0, "rkl": 0.0}
-        for start in range(0, per_rank, mc.rollout_batch_size):
-            n = min(mc.rollout_batch_size, per_rank - start)
-            idx = self.prompt_sampler.next_indices(n * self.world)
-            mine = range(self.rank * n, (self.rank + 1) * n)
-            positions = [start * self.world + j for j in mine]
-            chunk = [self.prompts[idx[j]] for j in mine]
-            p = distributed.to_device(collate_prompts(chunk, self.tokenizer.pad_token_id), self.device)
-            ro = mixed_sample(self.student, self.teacher, p["input_ids"], p["attention_mask"], alpha=mc.alpha,
-                              max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-                              pad_token_id=self.tokenizer.pad_token_id, temperature=s.temperature, top_k=s.top_k,
-                              top_p=s.top_p, row_keys=rollout_keys(cfg.seed, self.round, positions),
-                              record_logprobs=not mc.rescore, synced=self.lockstep)
-            local.extend(self.score(chunk, ro, stats, positions))
+        with self.generating():
+            local = self.roll_out(per_rank, stats)
         gathered = engine_lib.all_gather_objects(local)
         self.buffer = sorted((x for part in gathered for x in part), key=lambda x: x.position)
         self.round += 1
@@ -139,6 +126,26 @@ class MiniLLMTrainer(Trainer):
             first = [self.prompts[i] for i in self.prompt_sampler.peek_order()[:n_log]]
             rkl, student_len = self.student_rev_kl(first, cfg.seed * 100_003 + self.round)
             self.rollout_stats.update(rev_kl=rkl, student_response_len=student_len)
+
+    def roll_out(self, per_rank: int, stats: dict[str, float]) -> list[Sample]:
+        """This rank's scored samples for the round: draws of n·W prompts, each rank sampling its n."""
+        cfg, mc = self.cfg, self.cfg.minillm
+        s = mc.sampling
+        local: list[Sample] = []
+        for start in range(0, per_rank, mc.rollout_batch_size):
+            n = min(mc.rollout_batch_size, per_rank - start)
+            idx = self.prompt_sampler.next_indices(n * self.world)
+            mine = range(self.rank * n, (self.rank + 1) * n)
+            positions = [start * self.world + j for j in mine]
+            chunk = [self.prompts[idx[j]] for j in mine]
+            p = distributed.to_device(collate_prompts(chunk, self.tokenizer.pad_token_id), self.device)
+            ro = mixed_sample(self.student, self.teacher, p["input_ids"], p["attention_mask"], alpha=mc.alpha,
+                              max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                              pad_token_id=self.tokenizer.pad_token_id, temperature=s.temperature, top_k=s.top_k,
+                              top_p=s.top_p, row_keys=rollout_keys(cfg.seed, self.round, positions),
+                              record_logprobs=not mc.rescore, synced=self.lockstep)
+            local.extend(self.score(chunk, ro, stats, positions))
+        return local
 
     def score(self, chunk, ro, stats, positions: list[int]) -> list[Sample]:
         """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a)."""
@@ -261,13 +268,14 @@ class MiniLLMTrainer(Trainer):
         shard, real = self.my_share(examples)
         first = self.rank * len(shard)
         p = distributed.to_device(collate_prompts(shard, self.tokenizer.pad_token_id), self.device)
-        ro = mixed_sample(self.student, None, p["input_ids"], p["attention_mask"], alpha=0.0,
-                          max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-                          pad_token_id=self.tokenizer.pad_token_id,
-                          row_keys=rollout_keys(seed, 0, list(range(first, first + len(shard)))), synced=self.lockstep)
-        batch = ro.as_batch()
-        per_token = per_position_divergence(response_logits(self.student, batch), response_logits(self.teacher, batch),
-                                            "rkl")
+        with self.generating():
+            ro = mixed_sample(self.student, None, p["input_ids"], p["attention_mask"], alpha=0.0,
+                              max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                              pad_token_id=self.tokenizer.pad_token_id, synced=self.lockstep,
+                              row_keys=rollout_keys(seed, 0, list(range(first, first + len(shard)))))
+            batch = ro.as_batch()
+            student_logits = response_logits(self.student, batch)
+        per_token = per_position_divergence(student_logits, response_logits(self.teacher, batch), "rkl")
         mask = ro.response_mask[:real]
         rkl, tokens = engine_lib.all_reduce_sum([float((per_token[:real] * mask).sum()), float(mask.sum())])
         (n,) = engine_lib.all_reduce_sum([float(real)])

@@ -251,7 +251,8 @@ def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile, pinned
         st.mem_per_gpu_gb, st.zero_stage, st.teacher_placement = alloc.mem_per_gpu_gb, alloc.zero_stage, \
             alloc.teacher_placement
         if st.kind == "train" and st.nodes * st.gpus_per_node > 1:
-            chosen = {"enabled": True, "zero_stage": alloc.zero_stage, "teacher_placement": alloc.teacher_placement}
+            chosen = {"enabled": True, "zero_stage": alloc.zero_stage, "teacher_placement": alloc.teacher_placement,
+                      "gather_for_generation": alloc.gather_for_generation}
             st.config["deepspeed"].update({k: v for k, v in chosen.items() if f"deepspeed.{k}" not in pinned})
             st.zero_stage = st.config["deepspeed"]["zero_stage"]
             st.teacher_placement = st.config["deepspeed"]["teacher_placement"]
@@ -278,7 +279,8 @@ def plan_table(stages: list[PlannedStage]) -> str:
         lines.append(f"{st.name:34s} {method:8s} {teacher:22s} {student:22s} {','.join(st.depends_on)[:30]:30s} "
                      f"{gpus:>6s} {_zero_label(st):>6s} {st.mem_per_gpu_gb:7.1f} {st.time_min / 60:5.1f}h "
                      f"{gpuh:6.0f}")
-    lines.append("ZeRO: the student's stage; +T3 = teacher sharded by ZeRO-3 too, +off = optimizer in host memory")
+    lines.append("ZeRO: the student's stage (3g: gathered whole for generation); +T3: teacher sharded by ZeRO-3 too; "
+                 "+off: optimizer in host memory")
     return "\n".join(lines)
 
 
@@ -286,7 +288,8 @@ def _zero_label(st: PlannedStage) -> str:
     ds = st.config.get("deepspeed") or {}
     if st.kind != "train" or not ds.get("enabled"):
         return "-"
-    return (f"{ds['zero_stage']}{'+off' if ds.get('offload_optimizer') else ''}"
+    gathered = ds["zero_stage"] == 3 and ds.get("gather_for_generation")
+    return (f"{ds['zero_stage']}{'g' if gathered else ''}{'+off' if ds.get('offload_optimizer') else ''}"
             f"{'+T3' if ds.get('teacher_placement') == 'zero3' and st.config.get('teacher') else ''}")
 
 

@@ -3,7 +3,9 @@
 Bytes per student parameter under mixed-precision AdamW (16 B/param of model states: 2 weights, 2 grads,
 12 fp32 master + moments), partitioned over N data-parallel GPUs:
     ZeRO-1: 4 + 12/N      ZeRO-2: 2 + 14/N      ZeRO-3: 16/N
-Teacher (bf16, frozen): 2 B/param replicated, 2/N under ZeRO-3. Working memory (logits over the vocabulary,
+Teacher (bf16, frozen): 2 B/param replicated, 2/N under ZeRO-3. A ZeRO-3 student gathered whole for generation
+(`gather_for_generation`, one all-gather per rollout batch instead of one per layer per token) adds its 2 B/param
+of bf16 weights while it generates. Working memory (logits over the vocabulary,
 activations with checkpointing, KV caches for rollouts) is a flat allowance per GPU. These reproduce the
 arithmetic in shared/docs/clusters-submitit-deepspeed.md §E (e.g. OPT-6.7B ZeRO-2 on 4 GPUs: 36.6 GB).
 """
@@ -31,6 +33,7 @@ class Allocation:
     zero_stage: int
     teacher_placement: str
     mem_per_gpu_gb: float
+    gather_for_generation: bool = False
 
     @property
     def gpus(self) -> int:
@@ -38,8 +41,9 @@ class Allocation:
 
 
 def per_gpu_gb(student_params_m: float, teacher_params_m: float, zero_stage: int, placement: str,
-               n_gpus: int) -> float:
-    s = student_params_m * 1e6 * student_bytes_per_param(zero_stage, n_gpus)
+               n_gpus: int, gather_for_generation: bool = False) -> float:
+    per_param = student_bytes_per_param(zero_stage, n_gpus) + (2.0 if gather_for_generation and zero_stage == 3 else 0)
+    s = student_params_m * 1e6 * per_param
     t = teacher_params_m * 1e6 * teacher_bytes_per_param(placement, n_gpus) if teacher_params_m else 0.0
     return (s + t) / GB + WORKING_GB
 
@@ -47,15 +51,15 @@ def per_gpu_gb(student_params_m: float, teacher_params_m: float, zero_stage: int
 def choose_allocation(student_params_m: float, teacher_params_m: float, gpu_mem_gb: float, gpus_per_node: int,
                       max_nodes: int = 4, headroom: float = 0.9) -> Allocation | None:
     """The fewest GPUs, then the least sharding (ZeRO-1 < 2 < 3, replicated teacher < ZeRO-3 teacher), whose
-    estimate fits in headroom × GPU memory: fewer GPUs cost fewer GPU-hours; less sharding communicates less."""
+    estimate fits in headroom × GPU memory: fewer GPUs cost fewer GPU-hours; less sharding communicates less.
+    A ZeRO-3 student is gathered whole for generation when that still fits (much faster decoding)."""
     counts = [c for c in (1, 2, 4, 8) if c <= gpus_per_node] + [gpus_per_node * n for n in range(2, max_nodes + 1)]
+    options = [(1, "replicated", False), (2, "replicated", False), (3, "replicated", True), (3, "replicated", False),
+               (3, "zero3", True), (3, "zero3", False)]  # a sharded teacher only pays off with a sharded student
     for n in counts:
-        for zero in (1, 2, 3):
-            for placement in ("replicated", "zero3"):
-                if placement == "zero3" and zero != 3:
-                    continue  # a sharded teacher only pays off when the student is sharded too
-                gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n)
-                if gb <= headroom * gpu_mem_gb:
-                    nodes = max(1, n // gpus_per_node)
-                    return Allocation(nodes, min(n, gpus_per_node), zero, placement, gb)
+        for zero, placement, gather in options:
+            gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n, gather)
+            if gb <= headroom * gpu_mem_gb:
+                nodes = max(1, n // gpus_per_node)
+                return Allocation(nodes, min(n, gpus_per_node), zero, placement, gb, gather)
     return None

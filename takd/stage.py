@@ -131,6 +131,9 @@ class DeepSpeedConfig:
     offload_optimizer: bool = False  # ZeRO-3 only: fp32 master weights and Adam moments in host memory
     # replicated: a frozen copy of the teacher per process | zero3: an inference-only ZeRO-3 engine (weights sharded)
     teacher_placement: Literal["replicated", "zero3"] = "replicated"
+    # ZeRO-3: gather the student's weights whole while it generates (rollouts, validation): one all-gather per batch
+    # instead of one per layer per token, at the cost of its full bf16 weights on every GPU meanwhile
+    gather_for_generation: bool = True
 
     def __post_init__(self) -> None:
         check(self.zero_stage in (1, 2, 3), f"deepspeed.zero_stage must be 1, 2 or 3, got {self.zero_stage}")

@@ -27,8 +27,12 @@ def trainer_for(cfg: StageConfig):
 
 def run_stage(cfg: StageConfig) -> Path:
     """Train the stage and return its `final/` HF directory."""
+    from takd.engine import shutdown
+
     quiet_libraries()
-    return trainer_for(cfg).run()
+    final = trainer_for(cfg).run()
+    shutdown()  # all ranks finished: leave the process group together
+    return final
 
 
 def quiet_libraries() -> None:

@@ -281,9 +281,15 @@ class Trainer:
         """One sample per validation prompt; ranks generate their shares (synchronised under ZeRO-3), all get all."""
         cfg = self.cfg
         shard, real = self.my_share(self.valid_examples)
-        preds = generate(self.student, self.tokenizer, shard, seed=cfg.seed + self.rank,
-                         max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=0, synced_gpus=self.lockstep)[:real]
+        with self.generating():
+            preds = generate(self.student, self.tokenizer, shard, seed=cfg.seed + self.rank,
+                             max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=0,
+                             synced_gpus=self.lockstep)[:real]
         return [p for part in engine_lib.all_gather_objects(preds) for p in part]
+
+    def generating(self):
+        """Context for student decoding: under ZeRO-3 with gather_for_generation, the weights gathered once."""
+        return engine_lib.gathered_for_generation(self.engine, self.cfg.deepspeed.gather_for_generation)
 
     def validate(self) -> dict[str, float]:
         """Every rank takes part (the work is sharded) and returns the same metrics; rank 0 logs them."""

@@ -41,6 +41,7 @@ def main(out: Path) -> None:
     texts = generate(model, tok, prompts, seed=rank, max_new_tokens=6 + 10 * rank, batch_size=2, synced_gpus=True)
     (out / f"rank{rank}.json").write_text(json.dumps({"lengths": ro.lengths.tolist(),
                                                       "steps": ro.response_ids.shape[1], "texts": len(texts)}))
+    engine.shutdown()
 
 
 if __name__ == "__main__":

@@ -211,8 +211,9 @@ def test_multi_gpu_stages_get_the_estimated_zero_stage_and_teacher_placement(cap
     sft = by["sft-opt-13b"]  # 12.85B x 16 B/param sharded over 4 H100s: 51.4 GB + 6 GB working memory
     assert (sft.nodes, sft.gpus_per_node, sft.zero_stage) == (1, 4, 3)
     assert sft.mem_per_gpu_gb == pytest.approx(57.41, abs=0.01)
+    # gathering the student whole for generation would add 25.7 GB: it does not fit, so it is switched off
     assert sft.config["deepspeed"] == {"enabled": True, "zero_stage": 3, "offload_optimizer": False,
-                                       "teacher_placement": "replicated"}
+                                       "teacher_placement": "replicated", "gather_for_generation": False}
     first = by["minillm-opt-13b-to-opt-6.7b"]  # the README's table: ZeRO-2 with a replicated teacher fits 4 x 80 GB
     assert (first.nodes, first.gpus_per_node, first.zero_stage, first.teacher_placement) == (1, 4, 2, "replicated")
     assert by["init-opt-1.3b"].gpus_per_node == 1 and by["init-opt-1.3b"].config["deepspeed"]["enabled"] is False
@@ -222,7 +223,8 @@ def test_multi_gpu_stages_get_the_estimated_zero_stage_and_teacher_placement(cap
     first = {s.name: s for s in narval}["minillm-opt-13b-to-opt-6.7b"]  # 40 GB: both models sharded over 8 GPUs
     assert (first.nodes, first.gpus_per_node, first.zero_stage, first.teacher_placement) == (2, 4, 3, "zero3")
     assert first.config["deepspeed"]["teacher_placement"] == "zero3"
-    assert first.mem_per_gpu_gb == pytest.approx(22.53, abs=0.01)  # 6.66B x 16/8 + 12.85B x 2/8 + 6
+    assert first.config["deepspeed"]["gather_for_generation"] is True
+    assert first.mem_per_gpu_gb == pytest.approx(35.85, abs=0.01)  # 6.66B x (16/8 + 2) + 12.85B x 2/8 + 6
 
     pinned = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(pinned, load_cluster("rorqual"), pinned=("deepspeed.zero_stage",))
@@ -231,11 +233,13 @@ def test_multi_gpu_stages_get_the_estimated_zero_stage_and_teacher_placement(cap
 
 def test_two_task_slurm_stages_train_with_deepspeed_zero3(tmp_path, capsys):
     """The 2-rank DeepSpeed path launched as 2-task Slurm jobs through the planner (gloo on CPU), under ZeRO-3 with
-    the teacher sharded too: SFT, init and MiniLLM stages all run with every forward a collective."""
+    the teacher sharded too and the student not gathered for generation: SFT, init and MiniLLM stages all run with
+    every forward a collective (the synchronised per-layer path)."""
     run = tmp_path / "r"
     rc, out, err = _run(["--chain", "tiny-m,tiny-s", "--submit", "--executor", "slurm", "--cluster", "local-ddp",
                          "--run-dir", str(run), "--profile", FAST, "--wait", "--no-eval",
-                         "--set", "deepspeed.zero_stage=3", "--set", "deepspeed.teacher_placement=zero3"], capsys)
+                         "--set", "deepspeed.zero_stage=3", "--set", "deepspeed.teacher_placement=zero3",
+                         "--set", "deepspeed.gather_for_generation=false"], capsys)
     assert rc == 0, err
     jobs = yaml.safe_load((run / "jobs.yaml").read_text())
     states = _sacct_states([str(j) for j in jobs.values()])
