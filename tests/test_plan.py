@@ -178,7 +178,8 @@ def test_slurm_chain_failure_cancels_dependants_then_resume_completes(tmp_path, 
 
 @slurm
 def test_slurm_timeout_requeues_and_resumes_from_checkpoint(tmp_path):
-    """A 1-minute stage that needs longer: the USR2 timeout signal requeues it; the rerun resumes."""
+    """A 1-minute stage that needs longer: the USR2 timeout signal requeues it; the rerun resumes. (The stage is sized
+    to take ~50 s of steps on an idle 2-core machine: 800 steps of 8 once finished before the first signal.)"""
     import submitit
 
     from takd.launch import StageJob
@@ -188,8 +189,8 @@ def test_slurm_timeout_requeues_and_resumes_from_checkpoint(tmp_path):
     profile = ChainProfile(dataset="builtin", common={"max_new_tokens": 16, "max_prompt_tokens": 128,
                                                       "tensorboard": False, "eval_prompts": 4})
     stages = build_plan(["tiny-m", "tiny-s"], run_dir=run, profile=profile,
-                        overrides=["max_steps=800", "save_every_steps=50", "eval_every_steps=0",
-                                   "select_by=last", "micro_batch_size=8", "grad_accum_steps=1"])
+                        overrides=["max_steps=1000", "save_every_steps=50", "eval_every_steps=0",
+                                   "select_by=last", "micro_batch_size=16", "grad_accum_steps=1"])
     write_plan(run, stages, {"chain": ["tiny-m", "tiny-s"], "cluster": "local"})
     ex = submitit.SlurmExecutor(folder=str(run / "slurm" / "%j"), max_num_timeout=10)
     ex.update_parameters(time=1, signal_delay_s=25, cpus_per_task=1, ntasks_per_node=1)
