@@ -64,7 +64,8 @@ def main() -> None:
     engine.init_process_group()
     model, eng = student_engine(args.hidden, args.layers)
     n_params = engine.parameter_count(model)
-    ids = torch.randint(3, VOCAB, (args.batch, args.prompt), generator=torch.Generator().manual_seed(distributed.rank()))
+    rank_gen = torch.Generator().manual_seed(distributed.rank())  # each rank decodes its own prompts
+    ids = torch.randint(3, VOCAB, (args.batch, args.prompt), generator=rank_gen)
     mask = torch.ones_like(ids)
     decode(model, eng, ids, mask, 4, True)  # warm-up both paths
     decode(model, eng, ids, mask, 4, False)
