@@ -99,6 +99,7 @@ class PlannedStage:
     mem_per_gpu_gb: float = 0.0
     zero_stage: int = 0
     teacher_placement: str = ""
+    teacher_model: str = ""  # registry name of the teacher's model (its architecture/size), for the memory estimate
 
 
 def load_cluster(name: str) -> ClusterProfile:
@@ -179,11 +180,15 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
         stages.setdefault(stage.name, stage)
 
     def train(role, meth, name, model, student_init, teacher_stage_or_path, deps, label):
-        teacher = (final_dir(run_dir, teacher_stage_or_path) if teacher_stage_or_path in stages
-                   else teacher_stage_or_path)
+        if teacher_stage_or_path in stages:  # a stage of this plan: its final/ directory, its model's size
+            teacher, teacher_model = final_dir(run_dir, teacher_stage_or_path), stages[teacher_stage_or_path].model
+        else:  # a registry name or an already fine-tuned HF directory (--teacher-path)
+            teacher = teacher_stage_or_path
+            teacher_model = models.base_model_name(teacher) if teacher else ""
         init = final_dir(run_dir, student_init) if student_init in stages else student_init
         add(PlannedStage(name, "train", role, model, deps,
-                         _stage_config(profile, role, meth, name, model, init, teacher, run_dir, overrides), label))
+                         _stage_config(profile, role, meth, name, model, init, teacher, run_dir, overrides), label,
+                         teacher_model=teacher_model))
 
     for ch in chains:
         validate_chain(ch)
@@ -237,9 +242,7 @@ def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile, pinned
                 st.config["deepspeed"]["enabled"] = True
             continue
         student = models.resolve(st.model).params_m
-        teacher = 0.0
-        if st.kind == "train" and st.config.get("teacher"):
-            teacher = models.resolve(_model_of(st.config["teacher"], stages)).params_m
+        teacher = models.resolve(st.teacher_model).params_m if st.kind == "train" and st.teacher_model else 0.0
         alloc = choose_allocation(student if st.kind == "train" else student / 8, teacher, cluster.gpu_mem_gb,
                                   cluster.gpus_per_node)
         if alloc is None:
@@ -256,13 +259,6 @@ def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile, pinned
             st.config["deepspeed"].update({k: v for k, v in chosen.items() if f"deepspeed.{k}" not in pinned})
             st.zero_stage = st.config["deepspeed"]["zero_stage"]
             st.teacher_placement = st.config["deepspeed"]["teacher_placement"]
-
-
-def _model_of(path_or_name: str, stages: list[PlannedStage]) -> str:
-    for st in stages:
-        if path_or_name == st.config.get("output_dir", "") + "/final" or path_or_name.endswith(f"/{st.name}/final"):
-            return st.model
-    return models.base_model_name(path_or_name)
 
 
 # ------------------------------------------------------------------------------------------------ display
