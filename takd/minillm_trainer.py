@@ -151,15 +151,16 @@ class MiniLLMTrainer(Trainer):
         """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a)."""
         mc = self.cfg.minillm
         responses = [ro.response_ids[i, : int(ro.lengths[i])].tolist() for i in range(len(chunk))]
-        batch = distributed.to_device(collate_sequences([e.prompt_ids for e in chunk], responses,
-                                                        self.tokenizer.pad_token_id), self.device)
-        tokens, mask = batch["response_ids"], batch["mask"]
-        T = tokens.shape[1]
+        T = max(len(r) for r in responses)
+        mask = ro.response_mask[:, :T]
         if ro.student_logprobs is not None and ro.teacher_logprobs is not None and mc.alpha > 0.0:
             # α > 0: both models ran at every sampling step, so the log-probs are already there (no second pass)
             logq_old, logp_reward = ro.student_logprobs[:, :T], ro.teacher_logprobs[:, :T]
             logp_mix = ro.teacher_mix_logprobs[:, :T]
         else:
+            batch = distributed.to_device(collate_sequences([e.prompt_ids for e in chunk], responses,
+                                                            self.tokenizer.pad_token_id), self.device)
+            tokens, mask = batch["response_ids"], batch["mask"]
             t_logits = response_logits(self.teacher, batch)
             log_p = M.log_probs(t_logits)  # full vocabulary, no temperature: the reward's teacher (reference §2a.4)
             log_q = M.log_probs(self.processed(response_logits(self.student, batch)))
