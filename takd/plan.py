@@ -13,6 +13,10 @@ The chain T → A … → S becomes a DAG of stages:
   eval-…                evaluation of the teacher, every distilled model and every baseline
 Each stage is one submitit job; on Slurm they are chained with afterok dependencies. A stage writes DONE only
 after its final HF checkpoint is complete and loads; `--resume RUN_DIR` skips DONE stages.
+GPUs per stage come from a memory estimate (takd/resources.py): the fewest GPUs that fit, then the least
+sharding (ZeRO-1 < 2 < 3, teacher replicated < teacher ZeRO-3), the student gathered whole for generation when
+that fits. The plan's ZeRO column shows the choice; `--set deepspeed.zero_stage=3` (or teacher_placement,
+gather_for_generation, offload_optimizer) overrides it.
 """
 
 from __future__ import annotations
