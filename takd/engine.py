@@ -69,7 +69,6 @@ def deepspeed_config(cfg) -> dict[str, Any]:
 def teacher_config(cfg) -> dict[str, Any]:
     """Inference-only ZeRO-3 for a sharded teacher: no optimizer, the student's precision and batch keys."""
     conf = json.loads((CONFIG_DIR / "deepspeed" / "zero3.json").read_text())
-    conf["zero_optimization"].pop("offload_optimizer", None)
     conf.update({k: v for k, v in deepspeed_config(cfg).items()
                  if k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16", "fp16")})
     return conf
@@ -141,17 +140,17 @@ def consolidated_state_dict(engine, module: torch.nn.Module) -> dict[str, torch.
     return module.state_dict()
 
 
+def _multi_process() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a few floats over all ranks (identity in a single process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _multi_process():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=distributed.device())
     dist.all_reduce(t)
     return t.tolist()
-
-
-def _multi_process() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def shutdown() -> None:
@@ -174,15 +173,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s `obj` on every rank."""
-    if not _multi_process():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def all_true(flag: bool) -> bool:

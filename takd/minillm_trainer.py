@@ -278,8 +278,8 @@ class MiniLLMTrainer(Trainer):
             student_logits = response_logits(self.student, batch)
         per_token = per_position_divergence(student_logits, response_logits(self.teacher, batch), "rkl")
         mask = ro.response_mask[:real]
-        rkl, tokens = engine_lib.all_reduce_sum([float((per_token[:real] * mask).sum()), float(mask.sum())])
-        (n,) = engine_lib.all_reduce_sum([float(real)])
+        rkl, tokens, n = engine_lib.all_reduce_sum([float((per_token[:real] * mask).sum()), float(mask.sum()),
+                                                    float(real)])
         return rkl / max(tokens, 1.0), tokens / max(n, 1.0)
 
     def extra_validation(self) -> dict[str, float]:

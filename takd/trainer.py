@@ -114,8 +114,8 @@ class Trainer:
         if cfg.deepspeed.teacher_placement == "zero3" and not self.use_engine:
             raise cfglib.ConfigError("deepspeed.teacher_placement=zero3 needs the DeepSpeed path: set "
                                      "deepspeed.enabled=true or run several processes")
+        ds_config = engine_lib.deepspeed_config(cfg) if self.use_engine else None  # bad settings fail before any work
         if self.use_engine:
-            engine_lib.deepspeed_config(cfg)  # refuse unsupported settings before any work
             engine_lib.init_process_group()
         if self.rank == 0:  # tiny models are built on first use: once, by one process, never inside zero.Init
             for name in filter(None, (cfg.student, cfg.teacher if self.needs_teacher else None)):
@@ -124,7 +124,7 @@ class Trainer:
         resume_from = ckpt.latest_checkpoint(self.ckpt_root)
         self.tokenizer = load_tokenizer_for(cfg.student)
         self.device = distributed.device()
-        with engine_lib.partitioned_loading(engine_lib.deepspeed_config(cfg) if self.zero3 else None):
+        with engine_lib.partitioned_loading(ds_config):  # a no-op unless ZeRO-3
             self.student = load_model(str(resume_from) if resume_from else cfg.student, DTYPES[cfg.dtype])
         if not self.zero3:  # zero.Init already placed the shards
             self.student.to(self.device)
