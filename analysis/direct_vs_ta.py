@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Direct vs teacher-assistant distillation
 #
-# Loads one or more takd run directories through `takd.results`, shows every model's Rouge-L, the student
+# Loads one or more takd run directories through `takd.report.collect`, shows every model's Rouge-L, the student
 # distilled via the assistant against the direct teacher → student baseline, and the training curves.
 # Parameters (papermill-style; or set `TAKD_ANALYSIS_RUNS`, comma-separated, and `TAKD_ANALYSIS_OUT`):
 # `RUN_DIRS` defaults to the newest embedded-default run under `./runs`.
@@ -32,8 +32,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from takd.report import training_curves
-from takd.results import collect, direct_vs_ta, summary
+from takd.report.build import training_curves
+from takd.report.collect import collect, direct_vs_ta, summary
 
 if os.environ.get("TAKD_ANALYSIS_RUNS"):
     RUN_DIRS = os.environ["TAKD_ANALYSIS_RUNS"].split(",")

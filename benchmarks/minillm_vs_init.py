@@ -19,22 +19,16 @@ from pathlib import Path
 
 import torch
 
-from takd import config as cfglib
-from takd.data import encode_rows, load_rows
-from takd.evaluate import evaluate_model, mean_ci95
-from takd.models import load_model, load_tokenizer_for
+from takd.chain.profiles import load_profile, profile_stage
+from takd.data.examples import encode_rows
+from takd.data.rows import load_rows
+from takd.evaluate.metrics import mean_ci95
+from takd.evaluate.run import evaluate_model
+from takd.models.loading import load_model, load_tokenizer_for, quiet_transformers
 from takd.paths import CONFIG_DIR
-from takd.plan import ChainProfile
-from takd.stage import StageConfig, method_defaults
-from takd.train import quiet_libraries, run_stage
+from takd.train.run import run_stage
 
 HERE = Path(__file__).resolve().parent
-
-
-def stage_cfg(profile: ChainProfile, role: str, method: str, **fields) -> StageConfig:
-    data = cfglib.merge(method_defaults(method), cfglib.merge(profile.common, getattr(profile, role)))
-    data.update(fields, method=method, dataset=profile.dataset)
-    return cfglib.from_dict(StageConfig, data, f"{role} stage")
 
 
 def rouge(model_dir: str, seeds=(10, 20, 30), n_prompts: int = 200) -> tuple[float, float]:
@@ -50,23 +44,24 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--steps", type=int, default=48)
     args = ap.parse_args()
-    quiet_libraries()
+    quiet_transformers()
     torch.set_num_threads(2)
-    profile = cfglib.load(ChainProfile, CONFIG_DIR / "chains" / "tiny.yaml")
+    profile = load_profile(CONFIG_DIR / "chains" / "tiny.yaml")
     work = Path(tempfile.mkdtemp(prefix="minillm-vs-init-"))
     if args.run_dir:
         teacher = str(Path(args.run_dir) / "stages" / "sft-tiny-l" / "final")
         init = str(Path(args.run_dir) / "stages" / "init-tiny-s" / "final")
     else:
-        teacher = str(run_stage(stage_cfg(profile, "sft", "sft", name="teacher", student="tiny-l",
-                                          output_dir=str(work / "teacher"))))
-        init = str(run_stage(stage_cfg(profile, "init", "sft", name="init", student="tiny-s",
-                                       output_dir=str(work / "init"))))
+        teacher = str(run_stage(profile_stage(profile, "sft", "sft", "tiny-l", name="teacher", student="tiny-l",
+                                              output_dir=str(work / "teacher"))))
+        init = str(run_stage(profile_stage(profile, "init", "sft", "tiny-s", name="init", student="tiny-s",
+                                           output_dir=str(work / "init"))))
     rows = [("tiny-l teacher (SFT)", *rouge(teacher)), ("tiny-s init (SFT)", *rouge(init))]
     for seed in [int(s) for s in args.seeds.split(",")]:
         t0 = time.time()
-        cfg = stage_cfg(profile, "distill", "minillm", name=f"minillm-seed{seed}", student=init, teacher=teacher,
-                        output_dir=str(work / f"minillm-{seed}"), seed=seed, max_steps=args.steps, tensorboard=False)
+        cfg = profile_stage(profile, "distill", "minillm", "tiny-s", name=f"minillm-seed{seed}", student=init,
+                            teacher=teacher, output_dir=str(work / f"minillm-{seed}"), seed=seed,
+                            max_steps=args.steps, tensorboard=False)
         final = str(run_stage(cfg))
         rows.append((f"tiny-s MiniLLM seed {seed} ({time.time() - t0:.0f}s training)", *rouge(final)))
     lines = [f"| {name} | {m:.2f} ± {ci:.2f} |" for name, m, ci in rows]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from takd.rollout import mixed_sample
+from takd.sampling import mixed_sample
 
 HERE = Path(__file__).resolve().parent
 VOCAB = 50272

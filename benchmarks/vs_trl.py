@@ -31,16 +31,16 @@ from pathlib import Path
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from takd.builtin_task import generate_split
-from takd.data import format_prompt
+from takd.data.builtin import generate_split
+from takd.data.rows import format_prompt
 from takd.paths import gpt2_bpe_dir
 
 HERE = Path(__file__).resolve().parent
 
 
 def tokenizer():
-    from takd.models import load_tokenizer_for
-    from takd.tokenization import gpt2_bpe
+    from takd.data.tokenizers import gpt2_bpe
+    from takd.models.loading import load_tokenizer_for
 
     return gpt2_bpe(gpt2_bpe_dir()) if gpt2_bpe_dir() else load_tokenizer_for("tiny-s")
 
@@ -56,16 +56,16 @@ def make_model(tok, hidden: int, layers: int, seed: int, out: Path) -> Path:
 
 
 def takd_cycle_time(student: Path, teacher: Path, work: Path, args, alpha: float) -> float:
-    from takd.minillm_trainer import MiniLLMTrainer
-    from takd.stage import StageConfig
+    from takd.train.config import stage_config
+    from takd.train.minillm.trainer import MiniLLMTrainer
 
-    cfg = StageConfig(name="bench", method="minillm", student=str(student), teacher=str(teacher),
-                      output_dir=str(work / f"takd-{alpha}-{time.time_ns()}"), max_steps=10**6,
-                      micro_batch_size=args.micro, grad_accum_steps=1, max_new_tokens=args.tokens,
-                      max_prompt_tokens=256, eval_prompts=0, tensorboard=False, seed=1)
+    cfg = stage_config("minillm", name="bench", student=str(student), teacher=str(teacher),
+                       output_dir=str(work / f"takd-{alpha}-{time.time_ns()}"), max_steps=10**6,
+                       micro_batch_size=args.micro, grad_accum_steps=1, max_new_tokens=args.tokens,
+                       max_prompt_tokens=256, eval_prompts=0, tensorboard=False, seed=1)
     m = cfg.minillm
     m.num_rollouts, m.rollout_batch_size, m.ppo_epochs, m.pt_loss = args.batch, args.batch, args.epochs, "none"
-    m.teacher_mix, m.teacher_mix_alpha = alpha > 0, alpha if alpha > 0 else 0.2
+    m.alpha = alpha
     m.log_student_rev_kl = False  # logging-only extra rollout: TRL has none
     trainer = MiniLLMTrainer(cfg)
     trainer.setup()
@@ -119,9 +119,9 @@ def main() -> None:
     torch.set_num_threads(2)
     import trl
 
-    from takd.train import quiet_libraries
+    from takd.models.loading import quiet_transformers
 
-    quiet_libraries()
+    quiet_transformers()
     work = Path(tempfile.mkdtemp(prefix="takd-vs-trl-"))
     tok = tokenizer()
     student = make_model(tok, 128, 2, 0, work / "student")

@@ -4,7 +4,7 @@
         [--batch 4] [--tokens 64] [--repeats 3]
 
 Under ZeRO-3 every forward all-gathers each layer's weights; decoding runs one forward per token, so a rollout
-pays layers × tokens all-gathers. `deepspeed.gather_for_generation` (engine.gathered_for_generation) gathers the
+pays layers × tokens all-gathers. `deepspeed.gather_for_generation` (DeepSpeedBackend.generating) gathers the
 whole student once per rollout batch and decodes locally. Both modes run interleaved (A/B within each repeat) on
 the same keyed random streams, so they must draw identical tokens (asserted); medians are reported, including
 the one-off gather. Rank 0 appends a section to benchmarks/RESULTS.md. On CPU the all-gathers go through gloo
@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from takd import distributed, engine
-from takd.rollout import mixed_sample
-from takd.stage import DeepSpeedConfig, StageConfig
+from takd import dist as distributed
+from takd.sampling import mixed_sample
+from takd.train.config import DeepSpeedConfig, stage_config
+from takd.train.deepspeed_backend import DeepSpeedBackend
 
 HERE = Path(__file__).resolve().parent
 VOCAB = 50272
@@ -36,19 +37,23 @@ def student_engine(hidden: int, layers: int):
     cfg = OPTConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
                     ffn_dim=4 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=2048, dropout=0.0)
     model = OPTForCausalLM(cfg).eval()
-    stage = StageConfig(micro_batch_size=1, deepspeed=DeepSpeedConfig(enabled=True, zero_stage=3))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    return model, engine.build_engine(model, optimizer, None, stage)
+    stage = stage_config(micro_batch_size=1, grad_accum_steps=1,
+                         deepspeed=DeepSpeedConfig(enabled=True, zero_stage=3))
+    backend = DeepSpeedBackend(stage)
+    backend.module = model
+    backend.prepare(model)
+    return model, backend
 
 
-def decode(model, eng, ids, mask, tokens: int, gathered: bool) -> tuple[float, torch.Tensor]:
+def decode(model, backend, ids, mask, tokens: int, gathered: bool) -> tuple[float, torch.Tensor]:
     keys = torch.arange(ids.shape[0]) + 1_000 * distributed.rank()
-    engine.barrier()
+    backend.cfg.deepspeed.gather_for_generation = gathered
+    distributed.barrier()
     t0 = time.perf_counter()
-    with engine.gathered_for_generation(eng, enabled=gathered):
+    with backend.generating():
         ro = mixed_sample(model, None, ids, mask, alpha=0.0, max_new_tokens=tokens, eos_token_id=-1, pad_token_id=1,
                           row_keys=keys, synced=True)
-    engine.barrier()
+    distributed.barrier()
     return time.perf_counter() - t0, ro.response_ids
 
 
@@ -61,9 +66,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    engine.init_process_group()
     model, eng = student_engine(args.hidden, args.layers)
-    n_params = engine.parameter_count(model)
+    n_params = eng.parameter_count()
     rank_gen = torch.Generator().manual_seed(distributed.rank())  # each rank decodes its own prompts
     ids = torch.randint(3, VOCAB, (args.batch, args.prompt), generator=rank_gen)
     mask = torch.ones_like(ids)
@@ -94,7 +98,7 @@ def main() -> None:
         print(block)
         with open(HERE / "RESULTS.md", "a") as fh:
             fh.write(block)
-    engine.shutdown()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Atomic checkpoints: nothing half-written is ever taken for a checkpoint.
+"""Atomic directories: nothing half-written is ever taken for a checkpoint or a hand-off (torch-free).
 
 Every save goes to a hidden temporary sibling directory, gets a `COMPLETE` marker last, is fsynced, and is then
 renamed into place (rename is atomic on one POSIX filesystem, Lustre included). Readers only consider
@@ -7,7 +7,7 @@ save removes.
 
 Layout of a stage output directory:
 
-    <stage>/checkpoints/step-000120/   HF weights + tokenizer + trainer_state.pt + COMPLETE
+    <stage>/checkpoints/step-000120/   HF weights + tokenizer + optimizer/engine state + trainer state + COMPLETE
     <stage>/final/                      HF directory handed to the next stage (+ COMPLETE)
     <stage>/DONE                        written by the launcher after `final/` is verified loadable
 """
@@ -15,19 +15,13 @@ Layout of a stage output directory:
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
 
 COMPLETE = "COMPLETE"
-STATE_FILE = "trainer_state.pt"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,13 +78,18 @@ def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"step-{step:06d}"
 
 
+def step_of(checkpoint: str | Path) -> int:
+    """The optimizer step a `step-NNNNNN` checkpoint directory was saved at."""
+    return int(Path(checkpoint).name.split("-")[1])
+
+
 def list_checkpoints(root: str | Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (partial `.tmp-*` dirs are ignored)."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [p for p in root.glob("step-*") if p.is_dir() and is_complete(p)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    return sorted(found, key=step_of)
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -108,33 +107,3 @@ def prune(root: str | Path, keep: int, protect: tuple[Path, ...] = ()) -> None:
     for p in ckpts[: max(0, len(ckpts) - keep)]:
         if p.resolve() not in protected:
             shutil.rmtree(p, ignore_errors=True)
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's random state (CPU, and the current CUDA device's when there is one: dropout draws there)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def rank_rng_file(directory: str | Path, rank: int) -> Path:
-    """Each rank's random state lives in its own file of a collective checkpoint (ranks draw different dropout)."""
-    return Path(directory) / f"rng-rank{rank:03d}.pt"
-
-
-def save_trainer_state(directory: str | Path, state: dict[str, Any]) -> None:
-    torch.save(state, Path(directory) / STATE_FILE)
-
-
-def load_trainer_state(directory: str | Path) -> dict[str, Any]:
-    # Our own file (optimizer, scheduler, RNG, counters): trusted, so full unpickling is fine.
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)

@@ -58,6 +58,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         raise ConfigError(f"{where}: expected null, got {value!r}")
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # already built (and validated) by its own constructor
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
         return _build(tp, value, where)
@@ -196,3 +198,45 @@ def check(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless `condition`; used in dataclass __post_init__ validators."""
     if not condition:
         raise ConfigError(message)
+
+
+# ------------------------------------------------------------------------------------------ command lines
+def add_arguments(parser, cls: type, *, skip: tuple[str, ...] = (), flags: dict[str, str] | None = None) -> None:
+    """One `--option` per field of dataclass `cls`, its help taken from the field's `metadata["help"]`, so a command
+    line, a YAML file and the docs spell each option once. Values stay strings until `from_arguments` checks them.
+    flags: a different flag for a field (e.g. {"output_dir": "--out"})."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = (flags or {}).get(f.name, "--" + f.name.replace("_", "-"))
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        text = f"{f.metadata.get('help', '')} (default: {shown})".strip()
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=_type_name(hints[f.name]).upper()
+                                if get_origin(hints[f.name]) is not list else "A,B,...", help=text)
+
+
+def from_arguments(cls: type[T], args, base: dict | None = None, source: str = "command line") -> T:
+    """Build `cls` from `base` (e.g. a YAML file's mapping) updated with the options given on the command line
+    (comma lists split; numbers, booleans and null parsed as YAML). Errors are one-line ConfigErrors."""
+    hints = typing.get_type_hints(cls)
+    data = dict(base or {})
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if get_origin(hints[f.name]) is list and isinstance(value, str):
+            value = [_parse_scalar(v.strip()) for v in value.split(",") if v.strip()]
+        elif isinstance(value, str):
+            value = _parse_scalar(value)
+        data[f.name] = value
+    return from_dict(cls, data, source)
+
+
+def _parse_scalar(text: str) -> Any:
+    _, value = parse_override(f"x={text}")
+    return value

@@ -1,20 +1,27 @@
-"""Where takd keeps things: the repository's configs, the prepared-artefact cache, and run directories.
+"""Where takd keeps things: its packaged configs, the prepared-artefact cache, run directories and their layout.
 
 On an Alliance cluster checkpoints belong on $SCRATCH (large, fast, purged after 60 days) and the
 prepared models/datasets in a cache every job can read offline. Defaults follow that:
 
 - `TAKD_HOME` (prepared tokenizers, tiny models, tokenised data): $TAKD_HOME, else $SCRATCH/takd, else ~/.cache/takd
 - runs: $TAKD_RUNS, else $SCRATCH/takd-runs, else ./runs
+
+A run directory: `<run>/plan.yaml` (the DAG), `<run>/stages/<stage>/stage.yaml` (the stage's resolved config, which
+`python -m takd.train --config` or `python -m takd.evaluate --config` reads as it is), `<run>/stages/<stage>/final/`
+(the HF directory handed to the next stage) and `<run>/stages/<stage>/DONE`.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
-SLURM_DIR = REPO_ROOT / "slurm"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "configs"  # packaged: models, chains, clusters, deepspeed
+CLUSTER_DIR = CONFIG_DIR / "clusters"
+DONE = "DONE"  # marker a stage writes after its final/ (or results.csv) is complete and loads
+REPO_ROOT = PACKAGE_DIR.parent  # a source checkout's root (site-packages for a wheel install)
 # Reference artefacts that sit beside a developer's checkout (absent in a user's clone).
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -33,6 +40,25 @@ def runs_root() -> Path:
     if os.environ.get("SCRATCH"):
         return Path(os.environ["SCRATCH"]) / "takd-runs"
     return Path.cwd() / "runs"
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    return Path(run_dir) / "stages" / stage
+
+
+def final_dir(run_dir: str | Path, stage: str) -> Path:
+    """The HF directory a stage hands to the stages after it."""
+    return stage_dir(run_dir, stage) / "final"
+
+
+def git_revision() -> str:
+    """The short commit of the takd checkout (recorded in plans and reports), or "unknown"."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=PACKAGE_DIR, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def gpt2_bpe_dir() -> Path | None:

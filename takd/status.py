@@ -1,81 +1,8 @@
-"""Status of a run: `python -m takd.status RUN_DIR`.
+"""`python -m takd.status RUN_DIR`: one row per stage; see `takd.chain.status`."""
 
-One row per stage: job id, state (DONE, or Slurm's state for submitted jobs), progress (newest complete
-checkpoint step / max_steps) and the last logged metric.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import subprocess
 import sys
-from pathlib import Path
 
-import yaml
-
-from takd import checkpoint as ckpt
-from takd.launch import DONE
-from takd.plan import read_plan
-
-
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    if not job_ids:
-        return {}
-    try:
-        out = subprocess.run(["sacct", "-n", "-X", "--parsable2", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    states = {}
-    for line in out.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 2 and parts[0] in job_ids:
-            states[parts[0]] = parts[1].split()[0]
-    return states
-
-
-def stage_progress(stage_dir: Path, config: dict) -> tuple[str, str]:
-    latest = ckpt.latest_checkpoint(stage_dir / "checkpoints")
-    step = int(latest.name.split("-")[1]) if latest else 0
-    progress = f"{step}/{config.get('max_steps', '?')}" if "max_steps" in config else ""
-    last = ""
-    metrics = stage_dir / "metrics.jsonl"
-    if metrics.is_file():
-        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-        evals = [r for r in rows if r["kind"] == "eval"]
-        if evals:
-            r = evals[-1]
-            last = f"step {r['step']}: " + ", ".join(f"{k}={r[k]:.3g}" for k in ("val_rouge_l", "val_loss") if k in r)
-    if (stage_dir / "results.csv").is_file():
-        import pandas as pd
-
-        df = pd.read_csv(stage_dir / "results.csv")
-        rl = df[df["metric"] == "rouge_l"]["value"]
-        last = f"rouge_l={rl.mean():.2f} ({len(rl)} runs)" if len(rl) else last
-    return progress, last
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m takd.status", description=__doc__)
-    ap.add_argument("run_dir")
-    args = ap.parse_args(argv)
-    run = Path(args.run_dir)
-    if not (run / "plan.yaml").is_file():
-        print(f"error: {run} has no plan.yaml (not a takd run directory)", file=sys.stderr)
-        return 2
-    _, stages = read_plan(run)
-    jobs = yaml.safe_load((run / "jobs.yaml").read_text()) if (run / "jobs.yaml").is_file() else {}
-    states = slurm_states([str(j) for j in jobs.values()])
-    print(f"{'stage':36s} {'job':>8s} {'state':12s} {'progress':>10s}  last metric")
-    for st in stages:
-        d = run / "stages" / st.name
-        job = str(jobs.get(st.name, ""))
-        state = "DONE" if (d / DONE).is_file() else states.get(job, "SUBMITTED" if job else "not started")
-        progress, last = stage_progress(d, st.config)
-        print(f"{st.name:36s} {job:>8s} {state:12s} {progress:>10s}  {last}")
-    return 0
-
+from takd.chain.status import main
 
 if __name__ == "__main__":
     sys.exit(main())

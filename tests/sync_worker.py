@@ -13,18 +13,19 @@ from pathlib import Path
 
 import torch
 
-from takd import distributed, engine
-from takd.data import Example
-from takd.evaluate import generate
-from takd.models import load_model, load_tokenizer_for
-from takd.rollout import mixed_sample
-from takd.stage import DeepSpeedConfig, StageConfig
+from takd import dist
+from takd.data.examples import Example
+from takd.evaluate.generation import generate
+from takd.models.loading import load_model, load_tokenizer_for
+from takd.sampling import mixed_sample
+from takd.train import deepspeed_backend as engine
+from takd.train.config import DeepSpeedConfig, stage_config
 
 
 def main(out: Path) -> None:
     engine.init_process_group()
-    rank = distributed.rank()
-    cfg = StageConfig(micro_batch_size=2, deepspeed=DeepSpeedConfig(enabled=True, zero_stage=3))
+    rank = dist.rank()
+    cfg = stage_config(micro_batch_size=2, deepspeed=DeepSpeedConfig(enabled=True, zero_stage=3))
     with engine.partitioned_loading(engine.teacher_config(cfg)):
         model = load_model("tiny-s").requires_grad_(False)
     keep = engine.build_teacher_engine(model, cfg)  # noqa: F841  (the engine owns the gather hooks)
@@ -41,7 +42,7 @@ def main(out: Path) -> None:
     texts = generate(model, tok, prompts, seed=rank, max_new_tokens=6 + 10 * rank, batch_size=2, synced_gpus=True)
     (out / f"rank{rank}.json").write_text(json.dumps({"lengths": ro.lengths.tolist(),
                                                       "steps": ro.response_ids.shape[1], "texts": len(texts)}))
-    engine.shutdown()
+    dist.shutdown()
 
 
 if __name__ == "__main__":

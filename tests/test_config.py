@@ -9,7 +9,7 @@ import pytest
 from takd import config as cfglib
 from takd.config import ConfigError
 from takd.paths import CONFIG_DIR
-from takd.stage import StageConfig, load_stage
+from takd.train.config import from_mapping, load_stage, stage_config
 
 
 def _one_line(err: Exception) -> str:
@@ -26,7 +26,7 @@ def test_every_method_config_loads_with_reference_values(method, tmp_path):
     assert cfg.method == method
     if method == "minillm":  # reference §4 values
         m = cfg.minillm
-        assert (m.teacher_mix_alpha, m.gamma, m.clip, m.ppo_epochs, m.num_rollouts, m.kd_ratio) == (
+        assert (m.alpha, m.gamma, m.clip, m.ppo_epochs, m.num_rollouts, m.kd_ratio) == (
             0.2, 0.95, 0.2, 4, 256, 0.5)
         assert cfg.optim.lr == 5e-6 and cfg.optim.warmup_steps == 100 and cfg.optim.schedule == "constant"
         assert (cfg.optim.beta1, cfg.optim.beta2, cfg.optim.weight_decay) == (0.9, 0.95, 1e-6)
@@ -73,8 +73,8 @@ def test_range_checks_and_missing_teacher(tmp_path):
     f.write_text("method: kd\n")
     with pytest.raises(ConfigError, match="needs a teacher"):
         load_stage(f)
-    f.write_text("method: minillm\nteacher: tiny-l\nminillm: {teacher_mix_alpha: 1.5}\n")
-    with pytest.raises(ConfigError, match="teacher_mix_alpha must be in"):
+    f.write_text("method: minillm\nteacher: tiny-l\nminillm: {alpha: 1.5}\n")
+    with pytest.raises(ConfigError, match="minillm.alpha must be in"):
         load_stage(f)
 
 
@@ -90,8 +90,8 @@ def test_overrides_take_precedence_and_parse_types(tmp_path):
 
 
 def test_roundtrip_to_dict(tmp_path):
-    cfg = StageConfig(method="kd", teacher="tiny-l")
-    again = cfglib.from_dict(StageConfig, cfglib.to_dict(cfg))
+    cfg = stage_config("kd", teacher="tiny-l")
+    again = from_mapping(cfglib.to_dict(cfg), "roundtrip")
     assert again == cfg
 
 

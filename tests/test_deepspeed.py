@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 from takd import checkpoint as ckpt
-from takd.models import load_model, load_tokenizer_for
+from takd.config import merge
+from takd.models.loading import load_model, load_tokenizer_for
+from takd.train.checkpointing import rank_rng_file
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {
@@ -51,15 +53,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _config(method: str, out: Path, procs: int, zero: str | None) -> dict:
-    cfg = _merge(BASE, METHODS[method])
+    cfg = merge(BASE, METHODS[method])
     cfg.update(output_dir=str(out), micro_batch_size=8 // procs)
     if method == "minillm":
         cfg["minillm"]["rollout_batch_size"] = 16 // procs
@@ -121,8 +116,9 @@ def test_two_ranks_follow_the_single_process_trajectory(method, zero, runs):
     # the consolidated export is a plain HF directory that reproduces the engine's validation loss
     final = out / "final"
     assert ckpt.is_complete(final)
-    from takd.data import encode_rows, load_rows
-    from takd.trainer import response_cross_entropy
+    from takd.data.examples import encode_rows
+    from takd.data.rows import load_rows
+    from takd.train.validation import response_cross_entropy
 
     tok = load_tokenizer_for(str(final))
     ex = encode_rows(load_rows("builtin", "valid"), tok, 128, 16)[:8]
@@ -140,7 +136,7 @@ def test_collective_checkpoint_resume_continues_the_trajectory(method, zero, run
     for name in ("final", "best", "checkpoints/step-000006"):
         shutil.rmtree(cut / name, ignore_errors=True)
     step3 = cut / "checkpoints" / "step-000003"
-    assert (step3 / "ds" / "state").is_dir() and ckpt.rank_rng_file(step3, 1).is_file()
+    assert (step3 / "ds" / "state").is_dir() and rank_rng_file(step3, 1).is_file()
     got, _, log = _train(_config(method, cut, 2, zero), 2)
     assert "resumed from" in log
     for step in (4, 5, 6):
@@ -149,11 +145,11 @@ def test_collective_checkpoint_resume_continues_the_trajectory(method, zero, run
 
 def test_teacher_placement_zero3_needs_the_engine(tmp_path):
     from takd.config import ConfigError
-    from takd.stage import DeepSpeedConfig, StageConfig
-    from takd.trainer import KDTrainer
+    from takd.train.config import DeepSpeedConfig, stage_config
+    from takd.train.supervised import KDTrainer
 
-    cfg = StageConfig(method="kd", teacher="tiny-m", output_dir=str(tmp_path),
-                      deepspeed=DeepSpeedConfig(teacher_placement="zero3"))
+    cfg = stage_config("kd", teacher="tiny-m", output_dir=str(tmp_path),
+                       deepspeed=DeepSpeedConfig(teacher_placement="zero3"))
     with pytest.raises(ConfigError, match="teacher_placement=zero3 needs the DeepSpeed path"):
         KDTrainer(cfg).setup()
     with pytest.raises(ConfigError, match="offload_optimizer needs deepspeed.zero_stage=3"):

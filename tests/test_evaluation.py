@@ -11,13 +11,15 @@ import pytest
 import torch
 from rouge_score import rouge_scorer
 
-from takd.calibration import calibration, expected_calibration_error
-from takd.data import encode_rows, load_rows
-from takd.evaluate import exact_match, generate, mean_ci95, rouge_l
-from takd.evaluate import main as evaluate_main
-from takd.exposure_bias import exposure_bias
-from takd.judge import JudgeClient, JudgeUnavailable, judge_ratio, parse_scores
-from takd.models import load_model
+from takd.data.examples import encode_rows
+from takd.data.rows import load_rows
+from takd.evaluate.calibration import calibration, expected_calibration_error
+from takd.evaluate.cli import main as evaluate_main
+from takd.evaluate.exposure_bias import exposure_bias
+from takd.evaluate.generation import generate
+from takd.evaluate.judge import JudgeClient, JudgeUnavailable, judge_ratio, parse_scores
+from takd.evaluate.metrics import exact_match, mean_ci95, rouge_l
+from takd.models.loading import load_model
 from tests.conftest import needs_shared
 
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from takd import minillm as M
 from takd.losses import divergence
-from takd.rollout import mixed_sample, process_logits, response_mask
+from takd.sampling import mixed_sample, process_logits, response_mask
+from takd.train.minillm import objective as M
 
 T, F = True, False
 
@@ -170,7 +170,7 @@ def _gpt2(tokenizer, seed):
 
 @pytest.mark.parametrize("arch", ["opt", "gpt2"])
 def test_cached_and_uncached_decoding_give_identical_tokens(tokenizer, arch):
-    from takd.models import load_model
+    from takd.models.loading import load_model
 
     student = load_model("tiny-s").eval() if arch == "opt" else _gpt2(tokenizer, 0)
     teacher = load_model("tiny-m").eval() if arch == "opt" else _gpt2(tokenizer, 1)
@@ -253,8 +253,8 @@ def test_reverse_kl_seeks_a_mode_forward_kl_spreads():
 @pytest.mark.parametrize("arch", ["opt", "gpt2"])
 def test_response_logits_equal_the_full_forward_slice(tokenizer, arch):
     """`response_logits` runs only the response positions through the LM head; values must not change."""
-    from takd.models import load_model
-    from takd.rollout import _positions, collate_sequences, response_logits
+    from takd.models.loading import load_model
+    from takd.sampling import _positions, collate_sequences, response_logits
 
     model = load_model("tiny-s").eval() if arch == "opt" else _gpt2(tokenizer, 5)
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ["a longer prompt here", "hi"]]
@@ -271,9 +271,9 @@ def test_response_logits_equal_the_full_forward_slice(tokenizer, arch):
 @pytest.mark.parametrize("top_k", [0, 5])
 def test_sampler_logprobs_equal_a_fresh_forward(tokenizer, top_k):
     """What `minillm.rescore=false` relies on: the sampler's per-step log-probs are the fresh forward's."""
-    from takd.minillm import log_probs, take
-    from takd.models import load_model
-    from takd.rollout import response_logits
+    from takd.models.loading import load_model
+    from takd.sampling import response_logits
+    from takd.train.minillm.objective import log_probs, take
 
     student, teacher = load_model("tiny-s").eval(), load_model("tiny-m").eval()
     ids, mask = _left_padded_prompts(tokenizer, ["What is the capital of Kalomi?", "Sort: 3, 1", "Hi"])
@@ -294,7 +294,7 @@ def test_sampler_logprobs_equal_a_fresh_forward(tokenizer, top_k):
 
 
 def test_keyed_uniforms_are_uniform_and_a_pure_function_of_key_and_step():
-    from takd.rollout import row_uniforms
+    from takd.sampling import row_uniforms
 
     keys = torch.arange(100_000) + 2**40
     u = row_uniforms(keys, 7)
@@ -307,7 +307,7 @@ def test_keyed_uniforms_are_uniform_and_a_pure_function_of_key_and_step():
 
 
 def test_inverse_cdf_sampling_follows_the_probabilities_and_never_picks_zero_mass():
-    from takd.rollout import inverse_cdf_sample, row_uniforms
+    from takd.sampling import inverse_cdf_sample, row_uniforms
 
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]).expand(60_000, 5)
     tokens = inverse_cdf_sample(probs, row_uniforms(torch.arange(60_000), 0))
@@ -322,7 +322,7 @@ def test_inverse_cdf_sampling_follows_the_probabilities_and_never_picks_zero_mas
 
 def test_keyed_sampling_does_not_depend_on_batch_company(tokenizer):
     """A row's sample depends on its key and prompt only: what N ranks draw is what one process draws."""
-    from takd.models import load_model
+    from takd.models.loading import load_model
 
     student, teacher = load_model("tiny-s").eval(), load_model("tiny-m").eval()
     texts = ["What is the capital of Kalomi?", "Sort: 3, 1", "Hi", "Reverse the word: lamp"]
@@ -341,7 +341,7 @@ def test_keyed_sampling_does_not_depend_on_batch_company(tokenizer):
 
 
 def test_padded_shard_gives_every_rank_the_same_count():
-    from takd.distributed import padded_shard
+    from takd.dist import padded_shard
 
     items = list(range(7))
     shards = [padded_shard(items, r, 3) for r in range(3)]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from takd import builtin_task, data, models
 from takd.config import ConfigError
+from takd.data import builtin as builtin_task
+from takd.data import corpus, examples, rows
+from takd.models import loading, registry
 from takd.paths import gpt2_bpe_dir, selfinst_file
 from tests.conftest import needs_shared
 
 
 def test_registry_has_the_paper_families():
-    reg = models.registry()
+    reg = registry.registry()
     for name in ["gpt2-120m", "gpt2-340m", "gpt2-760m", "gpt2-1.5b", "opt-125m", "opt-350m", "opt-1.3b",
                  "opt-2.7b", "opt-6.7b", "opt-13b", "llama-7b", "llama-13b", "tiny-s", "tiny-m", "tiny-l"]:
         assert name in reg, name
@@ -22,17 +24,17 @@ def test_registry_has_the_paper_families():
 
 
 def test_resolve_accepts_hub_ids_and_rejects_unknown_names():
-    assert models.resolve("EleutherAI/pythia-70m").hf_id == "EleutherAI/pythia-70m"
+    assert registry.resolve("EleutherAI/pythia-70m").hf_id == "EleutherAI/pythia-70m"
     with pytest.raises(ConfigError, match="unknown model 'opt-99b'"):
-        models.resolve("opt-99b")
+        registry.resolve("opt-99b")
 
 
 def test_tiny_family_sizes_increase_and_forward_works(tokenizer):
     sizes = {}
     for name in ["tiny-s", "tiny-m", "tiny-l"]:
-        m = models.load_model(name)
-        sizes[name] = models.count_parameters(m)
-        spec = models.registry()[name]
+        m = loading.load_model(name)
+        sizes[name] = loading.count_parameters(m)
+        spec = registry.registry()[name]
         assert abs(sizes[name] / 1e6 - spec.params_m) / spec.params_m < 0.15, (name, sizes[name])
         ids = tokenizer("Hello there", return_tensors="pt", add_special_tokens=False)["input_ids"]
         assert m(input_ids=ids).logits.shape == (1, ids.shape[1], len(tokenizer))
@@ -42,7 +44,7 @@ def test_tiny_family_sizes_increase_and_forward_works(tokenizer):
 def test_tiny_model_dir_is_a_loadable_hf_directory():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    d = models.prepare_tiny("tiny-s")
+    d = loading.prepare_tiny("tiny-s")
     assert (d / "config.json").is_file() and (d / "tokenizer.json").is_file() and (d / "COMPLETE").is_file()
     m = AutoModelForCausalLM.from_pretrained(d, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
@@ -50,14 +52,14 @@ def test_tiny_model_dir_is_a_loadable_hf_directory():
 
 
 def test_builtin_tokenizer_round_trips_and_is_deterministic(tokenizer):
-    text = data.format_prompt(builtin_task.generate_split("test")[0])
+    text = rows.format_prompt(builtin_task.generate_split("test")[0])
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == text
     assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token_id == tokenizer.eos_token_id
-    from takd.tokenization import train_builtin_bpe
+    from takd.data.tokenizers import train_builtin_bpe
 
-    rows = builtin_task.generate_split("train", n=300)
-    texts = [data.format_prompt(r) + r["output"] for r in rows]
+    train_rows = builtin_task.generate_split("train", n=300)
+    texts = [rows.format_prompt(r) + r["output"] for r in train_rows]
     assert train_builtin_bpe(texts, 400).get_vocab() == train_builtin_bpe(texts, 400).get_vocab()
 
 
@@ -75,36 +77,36 @@ def test_builtin_task_is_deterministic_and_split():
 
 
 def test_alpaca_template_matches_reference():
-    with_input = data.format_prompt({"instruction": "Sum.", "input": "1 2", "output": "3"})
+    with_input = rows.format_prompt({"instruction": "Sum.", "input": "1 2", "output": "3"})
     assert with_input.startswith("Below is an instruction that describes a task, paired with an input")
     assert with_input.endswith("### Instruction:\nSum.\n\n### Input:\n1 2\n\n### Response:\n")
-    without = data.format_prompt({"instruction": "Hi.", "input": "", "output": "x"})
+    without = rows.format_prompt({"instruction": "Hi.", "input": "", "output": "x"})
     assert "### Input" not in without and without.endswith("### Instruction:\nHi.\n\n### Response:\n")
 
 
 def test_encode_drops_long_prompts_and_masks_prompt_tokens(tokenizer):
-    rows = builtin_task.generate_split("valid", n=50)
-    ex = data.encode_rows(rows, tokenizer, max_prompt_tokens=10_000, max_response_tokens=8)
+    valid = builtin_task.generate_split("valid", n=50)
+    ex = examples.encode_rows(valid, tokenizer, max_prompt_tokens=10_000, max_response_tokens=8)
     assert len(ex) == 50 and all(e.response_ids[-1] == tokenizer.eos_token_id for e in ex)
     assert all(len(e.response_ids) <= 8 for e in ex)
-    short = data.encode_rows(rows, tokenizer, max_prompt_tokens=45, max_response_tokens=8)
+    short = examples.encode_rows(valid, tokenizer, max_prompt_tokens=45, max_response_tokens=8)
     assert 0 < len(short) < 50 and all(len(e.prompt_ids) <= 45 for e in short)
-    batch = data.collate_sft(ex[:4], tokenizer.pad_token_id)
+    batch = examples.collate_sft(ex[:4], tokenizer.pad_token_id)
     for i, e in enumerate(ex[:4]):
         n_p, n_r = len(e.prompt_ids), len(e.response_ids)
         assert (batch["labels"][i, :n_p] == -100).all()
         assert batch["labels"][i, n_p: n_p + n_r].tolist() == e.response_ids
         assert (batch["labels"][i, n_p + n_r:] == -100).all()
-    prompts = data.collate_prompts(ex[:4], tokenizer.pad_token_id)
+    prompts = examples.collate_prompts(ex[:4], tokenizer.pad_token_id)
     assert (prompts["attention_mask"][:, -1] == 1).all()  # left padded
 
 
 def test_epoch_sampler_resumes_exactly():
-    s = data.EpochSampler(10, seed=3)
+    s = examples.EpochSampler(10, seed=3)
     first = s.next_indices(7)
     state = s.state_dict()
     rest = s.next_indices(9)
-    s2 = data.EpochSampler(10, seed=3)
+    s2 = examples.EpochSampler(10, seed=3)
     s2.load_state_dict(state)
     assert s2.next_indices(9) == rest
     assert sorted(first + rest[:3]) == list(range(10))
@@ -112,31 +114,31 @@ def test_epoch_sampler_resumes_exactly():
 
 def test_pack_corpus_chunks_stream(tokenizer, tmp_path):
     docs = builtin_task.pretraining_corpus(n_docs=50)
-    f = data.pack_corpus(docs, tokenizer, 64, tmp_path / "pt")
-    corpus = data.PackedCorpus(tmp_path / "pt")
+    f = corpus.pack_corpus(docs, tokenizer, 64, tmp_path / "pt")
+    packed = corpus.PackedCorpus(tmp_path / "pt")
     n_tokens = sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1 for d in docs)
-    assert len(corpus) == n_tokens // 64 and f.stat().st_size == len(corpus) * 64 * 2  # uint16
-    b = corpus.batch([0, 1])
+    assert len(packed) == n_tokens // 64 and f.stat().st_size == len(packed) * 64 * 2  # uint16
+    b = packed.batch([0, 1])
     assert b["input_ids"].shape == (2, 63) and torch.equal(b["input_ids"][:, 1:], b["labels"][:, :-1])
 
 
 def test_missing_real_dataset_names_prepare_command(monkeypatch, tmp_path):
     monkeypatch.setenv("TAKD_HOME", str(tmp_path))
-    with pytest.raises(data.DataNotPrepared, match="python -m takd.prepare --datasets dolly"):
-        data.load_rows("dolly", "train")
+    with pytest.raises(rows.DataNotPrepared, match="python -m takd.prepare --datasets dolly"):
+        rows.load_rows("dolly", "train")
 
 
 def test_hub_model_missing_offline_names_prepare_command(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert not models.is_available_offline("opt-125m")
-    with pytest.raises(models.ModelNotPrepared, match="python -m takd.prepare --models opt-125m"):
-        models.load_model("opt-125m")
+    assert not registry.is_available_offline("opt-125m")
+    with pytest.raises(registry.ModelNotPrepared, match="python -m takd.prepare --models opt-125m"):
+        loading.load_model("opt-125m")
 
 
 @needs_shared
 def test_gpt2_bpe_from_shared_files():
-    from takd.tokenization import gpt2_bpe
+    from takd.data.tokenizers import gpt2_bpe
 
     tok = gpt2_bpe(gpt2_bpe_dir())
     assert tok("Hello world", add_special_tokens=False)["input_ids"] == [15496, 995]
@@ -145,12 +147,12 @@ def test_gpt2_bpe_from_shared_files():
 
 @needs_shared
 def test_selfinst_file_loads_and_tokenises():
-    from takd.tokenization import gpt2_bpe
+    from takd.data.tokenizers import gpt2_bpe
 
-    rows = data.selfinst_rows(selfinst_file())
-    assert len(rows) == 252
-    assert all(r["instruction"] and isinstance(r["output"], str) for r in rows)
+    tasks = rows.selfinst_rows(selfinst_file())
+    assert len(tasks) == 252
+    assert all(r["instruction"] and isinstance(r["output"], str) for r in tasks)
     tok = gpt2_bpe(gpt2_bpe_dir())
-    ex = data.encode_rows(rows, tok, max_prompt_tokens=256, max_response_tokens=256)
+    ex = examples.encode_rows(tasks, tok, max_prompt_tokens=256, max_response_tokens=256)
     assert 240 <= len(ex) <= 252  # prompts over 256 tokens are dropped, as the reference does
-    assert data.load_rows("selfinst", "test")[0] == rows[0]
+    assert rows.load_rows("selfinst", "test")[0] == tasks[0]

@@ -3,17 +3,15 @@ through submitit's local executor and a real local Slurm (started by slurm/local
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from takd.launch import DONE
-from takd.plan import main as plan_main
-from takd.plan import read_plan
+from takd.chain.cli import main as plan_main
+from takd.chain.plan import read_plan
+from takd.paths import DONE
 
 FAST = str(Path(__file__).parent / "data" / "fast_chain.yaml")
 TINY = "tiny-l,tiny-m,tiny-s"
@@ -67,20 +65,20 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
 
 def test_dag_hands_each_stage_its_predecessors_final_checkpoint(tmp_path, capsys, monkeypatch):
     run = tmp_path / "r"
-    monkeypatch.setattr("takd.launch.launch", lambda *a, **k: 0)  # plan and write the run directory only
+    monkeypatch.setattr("takd.chain.launch.launch", lambda *a, **k: 0)  # plan and write the run directory only
     rc, _, _ = _run(["--chain", TINY, "--submit", "--run-dir", str(run), "--profile", FAST, "--baselines", "sft,kd"],
                     capsys)
     assert rc == 0
     _, stages = read_plan(run)
     by = {s.name: s for s in stages}
     fin = lambda n: str(run / "stages" / n / "final")  # noqa: E731
-    assert by["minillm-tiny-l-to-tiny-m"].config["teacher"] == fin("sft-tiny-l")
-    assert by["minillm-tiny-l-to-tiny-m"].config["student"] == fin("init-tiny-m")
-    assert by["minillm-tiny-m-to-tiny-s"].config["teacher"] == fin("minillm-tiny-l-to-tiny-m")
+    assert by["minillm-tiny-l-to-tiny-m"].config.teacher == fin("sft-tiny-l")
+    assert by["minillm-tiny-l-to-tiny-m"].config.student == fin("init-tiny-m")
+    assert by["minillm-tiny-m-to-tiny-s"].config.teacher == fin("minillm-tiny-l-to-tiny-m")
     assert by["minillm-tiny-m-to-tiny-s"].depends_on == ["minillm-tiny-l-to-tiny-m", "init-tiny-s"]
     assert by["minillm-tiny-l-to-tiny-s"].label == "direct" and by["minillm-tiny-m-to-tiny-s"].label == "via-ta"
-    assert by["baseline-kd-tiny-s"].config["student"] == "tiny-s"  # baselines start from the base model
-    assert by["baseline-kd-tiny-s"].config["teacher"] == fin("sft-tiny-l")
+    assert by["baseline-kd-tiny-s"].config.student == "tiny-s"  # baselines start from the base model
+    assert by["baseline-kd-tiny-s"].config.teacher == fin("sft-tiny-l")
     evals = {s.name for s in stages if s.kind == "eval"}
     assert "eval-init-tiny-m" not in evals
     assert {"eval-sft-tiny-l", "eval-init-tiny-s", "eval-minillm-tiny-m-to-tiny-s", "eval-minillm-tiny-l-to-tiny-s",
@@ -126,10 +124,6 @@ def test_local_executor_runs_the_whole_chain_and_resume_skips_done(fast_chain_ru
     assert (run / "stages" / "sft-tiny-l" / DONE).stat().st_mtime == stamp
 
 
-slurm = pytest.mark.skipif(shutil.which("sbatch") is None or "SLURM_CONF" not in os.environ,
-                           reason="local Slurm not running: use scripts/test.sh (starts slurm/local/up.sh)")
-
-
 def _sacct_states(job_ids, timeout_s=60):
     """Final Slurm states; waits while a job is still in its epilogue (result written, state not yet final)."""
     import time
@@ -144,7 +138,7 @@ def _sacct_states(job_ids, timeout_s=60):
         time.sleep(1)
 
 
-@slurm
+@pytest.mark.slurm
 def test_slurm_chain_failure_cancels_dependants_then_resume_completes(tmp_path, capsys, monkeypatch):
     run = tmp_path / "r"
     monkeypatch.setenv("TAKD_FAULT_STAGE", "minillm-tiny-l-to-tiny-m")
@@ -172,18 +166,19 @@ def test_slurm_chain_failure_cancels_dependants_then_resume_completes(tmp_path, 
         assert (run / "stages" / st.name / DONE).is_file()
         assert states[str(jobs[st.name])] == "COMPLETED", st.name
     via = yaml.safe_load((run / "stages" / "minillm-tiny-m-to-tiny-s" / "stage.yaml").read_text())
-    assert via["config"]["teacher"] == str(run / "stages" / "minillm-tiny-l-to-tiny-m" / "final")
+    assert via["teacher"] == str(run / "stages" / "minillm-tiny-l-to-tiny-m" / "final")
     assert not any(s.kind == "eval" for s in stages)
 
 
-@slurm
+@pytest.mark.slurm
 def test_slurm_timeout_requeues_and_resumes_from_checkpoint(tmp_path):
     """A 1-minute stage that needs longer: the USR2 timeout signal requeues it; the rerun resumes. (The stage is sized
     to take ~50 s of steps on an idle 2-core machine: 800 steps of 8 once finished before the first signal.)"""
     import submitit
 
-    from takd.launch import StageJob
-    from takd.plan import ChainProfile, build_plan, write_plan
+    from takd.chain.launch import StageJob
+    from takd.chain.plan import build_plan, write_plan
+    from takd.chain.profiles import ChainProfile
 
     run = tmp_path / "r"
     profile = ChainProfile(dataset="builtin", common={"max_new_tokens": 16, "max_prompt_tokens": 128,
@@ -194,7 +189,7 @@ def test_slurm_timeout_requeues_and_resumes_from_checkpoint(tmp_path):
     write_plan(run, stages, {"chain": ["tiny-m", "tiny-s"], "cluster": "local"})
     ex = submitit.SlurmExecutor(folder=str(run / "slurm" / "%j"), max_num_timeout=10)
     ex.update_parameters(time=1, signal_delay_s=25, cpus_per_task=1, ntasks_per_node=1)
-    job = ex.submit(StageJob(str(run / "stages" / "sft-tiny-m")))
+    job = ex.submit(StageJob(str(run / "stages" / "sft-tiny-m"), "train"))
     job.result()  # raises if it never finished
     log = Path(job.paths.stdout).read_text()
     assert "resumed from" in log, log[-2000:]
@@ -204,34 +199,39 @@ def test_slurm_timeout_requeues_and_resumes_from_checkpoint(tmp_path):
 
 def test_multi_gpu_stages_get_the_estimated_zero_stage_and_teacher_placement(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    from takd.plan import ChainProfile, assign_resources, build_plan, load_cluster
+    from takd.chain.plan import assign_resources, build_plan
+    from takd.chain.profiles import ChainProfile, load_cluster
+    from takd.config import to_dict
 
     stages = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(stages, load_cluster("rorqual"))
     by = {s.name: s for s in stages}
     sft = by["sft-opt-13b"]  # 12.85B x 16 B/param sharded over 4 H100s: 51.4 GB + 6 GB working memory
-    assert (sft.nodes, sft.gpus_per_node, sft.zero_stage) == (1, 4, 3)
+    assert (sft.nodes, sft.gpus_per_node, sft.config.deepspeed.zero_stage) == (1, 4, 3)
     assert sft.mem_per_gpu_gb == pytest.approx(57.41, abs=0.01)
     # gathering the student whole for generation would add 25.7 GB: it does not fit, so it is switched off
-    assert sft.config["deepspeed"] == {"enabled": True, "zero_stage": 3, "offload_optimizer": False,
-                                       "teacher_placement": "replicated", "gather_for_generation": False}
+    assert to_dict(sft.config.deepspeed) == {"enabled": True, "zero_stage": 3, "offload_optimizer": False,
+                                             "teacher_placement": "replicated", "gather_for_generation": False}
     first = by["minillm-opt-13b-to-opt-6.7b"]  # the README's table: ZeRO-2 with a replicated teacher fits 4 x 80 GB
-    assert (first.nodes, first.gpus_per_node, first.zero_stage, first.teacher_placement) == (1, 4, 2, "replicated")
-    assert by["init-opt-1.3b"].gpus_per_node == 1 and by["init-opt-1.3b"].config["deepspeed"]["enabled"] is False
+    assert (first.nodes, first.gpus_per_node, first.config.deepspeed.zero_stage,
+            first.config.deepspeed.teacher_placement) == (1, 4, 2, "replicated")
+    assert by["init-opt-1.3b"].gpus_per_node == 1 and by["init-opt-1.3b"].config.deepspeed.enabled is False
 
     narval = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(narval, load_cluster("narval"))
     first = {s.name: s for s in narval}["minillm-opt-13b-to-opt-6.7b"]  # 40 GB: both models sharded over 8 GPUs
-    assert (first.nodes, first.gpus_per_node, first.zero_stage, first.teacher_placement) == (2, 4, 3, "zero3")
-    assert first.config["deepspeed"]["teacher_placement"] == "zero3"
-    assert first.config["deepspeed"]["gather_for_generation"] is True
+    assert (first.nodes, first.gpus_per_node, first.config.deepspeed.zero_stage,
+            first.config.deepspeed.teacher_placement) == (2, 4, 3, "zero3")
+    assert first.config.deepspeed.teacher_placement == "zero3"
+    assert first.config.deepspeed.gather_for_generation is True
     assert first.mem_per_gpu_gb == pytest.approx(35.85, abs=0.01)  # 6.66B x (16/8 + 2) + 12.85B x 2/8 + 6
 
     pinned = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(pinned, load_cluster("rorqual"), pinned=("deepspeed.zero_stage",))
-    assert {s.name: s for s in pinned}["sft-opt-13b"].config["deepspeed"]["zero_stage"] == 1  # the user's value
+    assert {s.name: s for s in pinned}["sft-opt-13b"].config.deepspeed.zero_stage == 1  # the user's value
 
 
+@pytest.mark.slurm
 def test_two_task_slurm_stages_train_with_deepspeed_zero3(tmp_path, capsys):
     """The 2-rank DeepSpeed path launched as 2-task Slurm jobs through the planner (gloo on CPU), under ZeRO-3 with
     the teacher sharded too and the student not gathered for generation: SFT, init and MiniLLM stages all run with
@@ -256,7 +256,7 @@ def test_two_task_slurm_stages_train_with_deepspeed_zero3(tmp_path, capsys):
         assert (run / "stages" / stage / DONE).is_file()
         assert ckpt_complete(run / "stages" / stage / "final")
     # the hand-off is a consolidated HF model: it loads outside DeepSpeed
-    from takd.models import load_model
+    from takd.models.loading import load_model
 
     assert sum(p.numel() for p in load_model(str(run / "stages" / distill / "final")).parameters()) > 100_000
 
@@ -265,3 +265,36 @@ def ckpt_complete(path: Path) -> bool:
     from takd.checkpoint import is_complete
 
     return is_complete(path)
+
+
+def test_a_profiles_deepspeed_keys_are_kept_when_they_fit_and_replaced_with_a_note_when_not(tmp_path):
+    """Chain profile < the estimate's stated need < --set: the plan says which won."""
+    from takd.chain.plan import assign_resources, build_plan, plan_table
+    from takd.chain.profiles import ChainProfile, load_cluster
+
+    def first_stage(profile, cluster, overrides=()):
+        stages = build_plan(["opt-13b", "opt-6.7b"], run_dir=tmp_path, profile=profile, overrides=list(overrides),
+                            evaluate=False)
+        assign_resources(stages, load_cluster(cluster))
+        return {s.name: s for s in stages}["minillm-opt-13b-to-opt-6.7b"], plan_table(stages)
+
+    # rorqual's estimate alone picks ZeRO-2 (see above); a profile asking for ZeRO-3 fits too, so it is kept
+    st, table = first_stage(ChainProfile(distill={"deepspeed": {"zero_stage": 3}}), "rorqual")
+    assert st.config.deepspeed.zero_stage == 3 and st.pinned == {"deepspeed.zero_stage": "profile"}
+    assert "note:" not in table
+    # ZeRO-1 with a replicated teacher never fits 40 GB A100s: the estimate's choice replaces it, and says so
+    profile = ChainProfile(distill={"deepspeed": {"zero_stage": 1, "teacher_placement": "replicated"}})
+    st, table = first_stage(profile, "narval")
+    assert (st.config.deepspeed.zero_stage, st.config.deepspeed.teacher_placement) == (3, "zero3")
+    assert "note: minillm-opt-13b-to-opt-6.7b: the profile's deepspeed zero_stage=1, teacher_placement=replicated " \
+           "does not fit 4x40GB nodes; the estimate's choice is used" in table
+    # --set wins over both, even where the estimate says it does not fit
+    st, table = first_stage(profile, "narval", ["deepspeed.zero_stage=1"])
+    assert st.config.deepspeed.zero_stage == 1 and "kept, although the estimate says it does not fit" in table
+
+
+def test_a_set_key_no_stage_has_is_an_error(capsys):
+    rc, _, err = _run(["--chain", TINY, "--method", "kd", "--set", "minillm.gamma=1"], capsys)
+    assert rc == 2 and "--set minillm.gamma=1: no stage of this plan has that key" in err
+    rc, out, _ = _run(["--chain", TINY, "--set", "minillm.gamma=1", "--no-eval"], capsys)  # sft stages lack it
+    assert rc == 0 and "minillm-tiny-l-to-tiny-m" in out

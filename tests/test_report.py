@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from takd.report import main as report_main
-from takd.results import collect, direct_vs_ta, summary
+from takd.report.cli import main as report_main
+from takd.report.collect import collect, direct_vs_ta, summary
 
 REPO = Path(__file__).resolve().parent.parent
 

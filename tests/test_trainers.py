@@ -15,12 +15,15 @@ import torch
 import yaml
 
 from takd import checkpoint as ckpt
-from takd.data import encode_rows, load_rows
-from takd.evaluate import generate, score
-from takd.models import load_model
-from takd.stage import StageConfig
-from takd.train import run_stage
-from takd.trainer import SFTTrainer, response_cross_entropy
+from takd.data.examples import encode_rows
+from takd.data.rows import load_rows
+from takd.evaluate.generation import generate
+from takd.evaluate.metrics import score
+from takd.models.loading import load_model
+from takd.train.config import stage_config
+from takd.train.run import run_stage
+from takd.train.supervised import SFTTrainer
+from takd.train.validation import response_cross_entropy
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(max_new_tokens=24, max_prompt_tokens=128, eval_prompts=20, tensorboard=False)
@@ -35,7 +38,7 @@ def _rouge_and_loss(model_dir, tokenizer, n=40):
     ex = encode_rows(load_rows("builtin", "valid"), tokenizer, 128, 24)[:n]
     model = load_model(str(model_dir))
     preds = generate(model, tokenizer, ex, seed=10, max_new_tokens=24)
-    return score(preds, ex)["rouge_l"], response_cross_entropy(model, ex, tokenizer.pad_token_id, 8)
+    return score(preds, [e.row for e in ex])["rouge_l"], response_cross_entropy(model, ex, tokenizer.pad_token_id, 8)
 
 
 def test_sft_learns_the_builtin_task(trained_teacher, tokenizer):
@@ -68,7 +71,7 @@ def test_sigkill_then_rerun_resumes_the_same_trajectory(tmp_path):
     subprocess.run(_train_cmd(_stage_yaml(tmp_path, ref_out)), check=True, cwd=REPO, env=env, capture_output=True)
     cfg = _stage_yaml(tmp_path, kill_out)
     proc = subprocess.Popen(_train_cmd(cfg), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a hang guard only: the wait is for the step-10 checkpoint, however slow
     while not ckpt.is_complete(ckpt.step_dir(kill_out / "checkpoints", 10)):
         assert proc.poll() is None and time.time() < deadline, "run ended or stalled before its step-10 checkpoint"
         time.sleep(0.05)
@@ -105,8 +108,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     """Token-weighted accumulation: (micro 8, accum 1) and (micro 2, accum 4) take the same step."""
     grads = []
     for micro, accum in [(8, 1), (2, 4)]:
-        cfg = StageConfig(student="tiny-s", output_dir=str(tmp_path / f"{micro}x{accum}"), max_steps=1,
-                          micro_batch_size=micro, grad_accum_steps=accum, select_by="last", **SMALL)
+        cfg = stage_config("sft", student="tiny-s", output_dir=str(tmp_path / f"{micro}x{accum}"), max_steps=1,
+                           micro_batch_size=micro, grad_accum_steps=accum, select_by="last", **SMALL)
+        cfg.optim.lr = 5e-4  # a step large enough that a wrong accumulation weight shows beyond 1e-6
         t = SFTTrainer(cfg)
         t.setup()
         t.optimizer_step()
@@ -116,11 +120,13 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 @pytest.mark.parametrize("method", ["kd", "seqkd", "minillm"])
 def test_distillation_methods_produce_loadable_students(method, trained_teacher, tmp_path):
-    cfg = StageConfig(name=method, method=method, student="tiny-s", teacher=str(trained_teacher),
-                      output_dir=str(tmp_path / method), max_steps=4, micro_batch_size=4, grad_accum_steps=2,
-                      log_every_steps=1, eval_every_steps=0, select_by="last", **SMALL)
-    cfg.kd.divergence = "srkl"
-    cfg.minillm.num_rollouts, cfg.minillm.rollout_batch_size, cfg.minillm.pt_chunk_tokens = 16, 8, 64
+    cfg = stage_config(method, name=method, student="tiny-s", teacher=str(trained_teacher),
+                       output_dir=str(tmp_path / method), max_steps=4, micro_batch_size=4, grad_accum_steps=2,
+                       log_every_steps=1, eval_every_steps=0, select_by="last", **SMALL)
+    if method == "minillm":
+        cfg.minillm.num_rollouts, cfg.minillm.rollout_batch_size, cfg.minillm.pt_chunk_tokens = 16, 8, 64
+    else:
+        cfg.kd.divergence = "srkl"
     final = run_stage(cfg)
     assert ckpt.is_complete(final) and load_model(str(final)) is not None
     assert json.loads((final / "takd_model.json").read_text())["base"] == "tiny-s"
@@ -146,9 +152,11 @@ def test_minillm_resume_continues_the_same_trajectory(trained_teacher, tmp_path)
     """Checkpoint mid-buffer (the rollout buffer and PPO pass position are saved), drop everything after it,
     rerun: steps after the checkpoint reproduce the uninterrupted run."""
     def cfg(out):
-        c = StageConfig(name="m", method="minillm", student="tiny-s", teacher=str(trained_teacher),
-                        output_dir=str(out), max_steps=6, micro_batch_size=4, grad_accum_steps=1, save_every_steps=3,
-                        keep_checkpoints=5, log_every_steps=1, eval_every_steps=0, select_by="last", **SMALL)
+        c = stage_config("minillm", name="m", student="tiny-s", teacher=str(trained_teacher),
+                         output_dir=str(out), max_steps=6, micro_batch_size=4, grad_accum_steps=1,
+                         save_every_steps=3, keep_checkpoints=5, log_every_steps=1, eval_every_steps=0,
+                         select_by="last", **SMALL)
+        c.optim.lr, c.optim.warmup_steps = 5e-4, 0  # steps that move the weights: a wrong restore would show
         c.minillm.num_rollouts, c.minillm.rollout_batch_size, c.minillm.pt_chunk_tokens = 16, 8, 64
         c.minillm.ppo_epochs = 2  # 16 rollouts x 2 passes / 4 per step = 8 steps per round: step 3 is mid-round
         return c
@@ -168,12 +176,13 @@ def test_minillm_resume_continues_the_same_trajectory(trained_teacher, tmp_path)
 
 
 def test_minillm_rescore_and_sampler_logprobs_give_the_same_step(trained_teacher, tmp_path):
-    from takd.minillm_trainer import MiniLLMTrainer
+    from takd.train.minillm.trainer import MiniLLMTrainer
 
     terms = []
     for rescore in (True, False):
-        cfg = StageConfig(name="r", method="minillm", student="tiny-s", teacher=str(trained_teacher),
-                          output_dir=str(tmp_path / str(rescore)), max_steps=2, micro_batch_size=4, **SMALL)
+        cfg = stage_config("minillm", name="r", student="tiny-s", teacher=str(trained_teacher),
+                           output_dir=str(tmp_path / str(rescore)), max_steps=2, micro_batch_size=4,
+                           grad_accum_steps=1, **SMALL)
         cfg.minillm.num_rollouts, cfg.minillm.rollout_batch_size, cfg.minillm.pt_loss = 8, 8, "none"
         cfg.minillm.rescore = rescore
         t = MiniLLMTrainer(cfg)

@@ -1,0 +1,7 @@
+"""`python -m takd <command> ...`: the umbrella command."""
+
+import sys
+
+from takd.cli import main
+
+sys.exit(main())

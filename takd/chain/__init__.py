@@ -1,0 +1,1 @@
+"""Chains: profiles, the planner, resources, the launcher, status and prepare."""

@@ -1,0 +1,152 @@
+"""Plan (and submit) a teacher-assistant distillation chain.
+
+    python -m takd.plan --chain opt-13b,opt-6.7b,opt-1.3b                   # print the plan, write nothing else
+    python -m takd.plan --chain opt-13b,opt-6.7b,opt-1.3b --submit --cluster narval --account def-me
+    python -m takd.plan --chain tiny-l,tiny-m,tiny-s --executor local --submit   # the embedded default, on a CPU
+
+The chain T → A … → S becomes a DAG of stages:
+  sft-T                 teacher SFT (or `--teacher-path` to start from an already fine-tuned teacher)
+  init-X                SFT init of every assistant and of the student (lowest validation loss kept)
+  <method>-T-to-A, …    distillation along the chain; each stage's teacher is the previous stage's final HF dir
+  <method>-T-to-S       the direct baseline (on by default; --no-direct to skip)
+  baseline-<m>-S        optional baselines (--baselines sft,kd,seqkd), from the student's base model
+  eval-…                evaluation of the teacher, every distilled model and every baseline
+Each stage is one submitit job; on Slurm they are chained with afterok dependencies. A stage writes DONE only
+after its final HF checkpoint is complete and loads; `--resume RUN_DIR` skips DONE stages.
+GPUs per stage come from a memory estimate (takd/chain/resources.py): the fewest GPUs that fit, then the least
+sharding (ZeRO-1 < 2 < 3, teacher replicated < teacher ZeRO-3), the student gathered whole for generation when
+that fits. The plan's ZeRO column shows the choice; `--set deepspeed.zero_stage=3` (or teacher_placement,
+gather_for_generation, offload_optimizer) overrides it; a chain profile's `deepspeed:` keys are kept when they fit
+(the plan notes any it had to replace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+from takd import config as cfglib
+from takd.chain.plan import (
+    METHODS,
+    PlannedStage,
+    assign_resources,
+    build_plan,
+    check_offline,
+    plan_table,
+    read_plan,
+    validate_chain,
+    write_plan,
+)
+from takd.chain.profiles import ClusterProfile, default_profile, load_cluster, load_profile
+from takd.config import ConfigError
+from takd.paths import git_revision, runs_root
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m takd.plan", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chain", help="comma list, largest first: teacher,assistant(s)...,student")
+    ap.add_argument("--method", choices=METHODS, default=None, help="distillation method (default: profile's)")
+    ap.add_argument("--ta", default=None, help="TA-size sweep: 'opt-2.7b|opt-6.7b' -> one chain per TA")
+    ap.add_argument("--no-direct", action="store_true", help="skip the direct teacher->student baseline")
+    ap.add_argument("--no-eval", action="store_true", help="plan no evaluation stages (train only)")
+    ap.add_argument("--baselines", default="", help="comma list of extra student baselines: sft,kd,seqkd")
+    ap.add_argument("--teacher-path", default=None, help="an already fine-tuned teacher (HF dir): skips teacher SFT")
+    ap.add_argument("--profile", default=None, help="chain profile YAML (default: takd/configs/chains/tiny.yaml for "
+                                                    "tiny models, else takd/configs/chains/default.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a stage config key for every training stage that has it, e.g. --set "
+                         "max_steps=100 or --set minillm.gamma=1")
+    ap.add_argument("--executor", choices=["slurm", "local", "debug"], default=None,
+                    help="slurm: sbatch with afterok dependencies; local: stages in order on this machine "
+                         "(subprocesses); debug: in this process (default: slurm if sbatch exists, else local)")
+    ap.add_argument("--cluster", default=None, help="takd/configs/clusters/<name>.yaml: narval, rorqual, fir, nibi, "
+                                                    "trillium, local (default: local)")
+    ap.add_argument("--account", default=None, help="Slurm account (else $SLURM_ACCOUNT or ~/.config/takd.yaml)")
+    ap.add_argument("--run-dir", default=None, help="where the run lives (default: $SCRATCH/takd-runs/<chain>-<time>)")
+    ap.add_argument("--submit", action="store_true", help="write the run directory and submit every stage")
+    ap.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run: skip stages marked DONE")
+    ap.add_argument("--wait", action="store_true", help="with slurm: block until every stage has finished")
+    ap.add_argument("--show-sbatch", default=None, metavar="STAGE", help="print the sbatch script of a stage")
+    return ap
+
+
+def resolve_account(args, cluster: ClusterProfile) -> str | None:
+    account = args.account or os.environ.get("SLURM_ACCOUNT")
+    user_cfg = Path.home() / ".config" / "takd.yaml"
+    if not account and user_cfg.is_file():
+        account = (cfglib.read_yaml(user_cfg) or {}).get("account")
+    if cluster.account_required and not account:
+        raise ConfigError(f"cluster {cluster.name} needs a Slurm account: pass --account def-yourpi (or set "
+                          "SLURM_ACCOUNT, or `account:` in ~/.config/takd.yaml)")
+    return account
+
+
+def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
+    """Everything up to (not including) submission; raises ConfigError on any bad input."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "plan.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: no plan.yaml there (was it made with --submit?)")
+        meta, stages = read_plan(run_dir)
+        return run_dir, stages, meta
+    if not args.chain:
+        raise ConfigError("give --chain teacher,...,student (or --resume RUN_DIR)")
+    chain = [m.strip() for m in args.chain.split(",") if m.strip()]
+    tas = [t.strip() for t in args.ta.split("|")] if args.ta else None
+    if tas and len(chain) != 2:
+        raise ConfigError("--ta expects --chain teacher,student (the TA comes from --ta)")
+    validate_chain(chain)
+    profile_path = Path(args.profile) if args.profile else default_profile(chain)
+    profile = load_profile(profile_path)
+    cluster = load_cluster(args.cluster or "local")
+    account = resolve_account(args, cluster)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir) if args.run_dir else runs_root() / f"{'-'.join(chain)}-{stamp}"
+    if args.submit and (run_dir / "plan.yaml").exists():
+        raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} to continue it, "
+                          "or pick another --run-dir")
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    bad = [b for b in baselines if b not in ("sft", "kd", "seqkd")]
+    if bad:
+        raise ConfigError(f"unknown baseline {bad[0]!r}; expected sft, kd, seqkd")
+    try:
+        check_offline(chain + (tas or []))
+    except ConfigError as err:
+        if args.submit:
+            raise
+        print(f"warning: {err}", file=sys.stderr)  # a dry run is still worth reading
+    stages = build_plan(chain, run_dir=run_dir.resolve(), profile=profile, method=args.method,
+                        direct=not args.no_direct, baselines=baselines, teacher_path=args.teacher_path, tas=tas,
+                        overrides=args.overrides, evaluate=not args.no_eval)
+    assign_resources(stages, cluster)
+    meta = {"chain": chain, "tas": tas, "profile": str(profile_path), "cluster": cluster.name, "account": account,
+            "executor": args.executor, "git": git_revision(),
+            "created": dt.datetime.now().isoformat(timespec="seconds")}
+    return run_dir.resolve(), stages, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        run_dir, stages, meta = prepare_run(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.show_sbatch:
+        from takd.chain.launch import sbatch_script
+
+        print(sbatch_script(run_dir, stages, meta, args.show_sbatch))
+        return 0
+    print(plan_table(stages))
+    if not (args.submit or args.resume):
+        print(f"\n{len(stages)} stages. Nothing written; add --submit to create {run_dir} and submit.")
+        return 0
+    if not args.resume:
+        write_plan(run_dir, stages, meta)
+    from takd.chain.launch import launch
+
+    return launch(run_dir, stages, meta, executor=args.executor, wait=args.wait)

@@ -1,0 +1,229 @@
+"""Launch planned stages through submitit: Slurm (afterok chain), local subprocesses in order, or in-process.
+
+A stage job is `StageJob(stage_dir)`: it refuses to start unless every input checkpoint is complete, runs the
+training stage (or the evaluation), and writes `DONE` only after the final HF directory is complete and loads.
+On Slurm's timeout signal submitit calls `checkpoint()`, which requeues the same job; the trainer then resumes
+from the newest complete checkpoint by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import submitit
+import yaml
+
+from takd import checkpoint as ckpt
+from takd.chain.plan import PlannedStage, load_stage_config
+from takd.chain.prepare import job_environment
+from takd.chain.profiles import ClusterProfile, load_cluster
+from takd.paths import DONE, stage_dir
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """One stage, run wherever submitit puts it. Re-running it is always safe (resume or no-op)."""
+
+    def __init__(self, stage_dir: str, kind: str = "train"):
+        self.stage_dir, self.kind = str(stage_dir), kind
+
+    def __call__(self) -> str:
+        d = Path(self.stage_dir)
+        if (d / DONE).is_file():
+            return str(d)
+        for key, value in job_environment().items():
+            os.environ.setdefault(key, value)
+        config = load_stage_config(d / "stage.yaml", self.kind)
+        if os.environ.get("TAKD_FAULT_STAGE") == d.name:  # fault injection for launcher tests and drills
+            raise RuntimeError(f"stage {d.name}: failure injected by TAKD_FAULT_STAGE")
+        from takd import dist
+
+        dist.export_slurm_task_env()
+        if self.kind == "eval" and not dist.is_main():
+            return "evaluation runs on rank 0"
+        out = self._train(config) if self.kind == "train" else self._evaluate(config)
+        (d / DONE).write_text(f"{out}\n")
+        return str(out)
+
+    @staticmethod
+    def _check_inputs(paths: list[str]) -> None:
+        for p in paths:
+            if p and Path(p).name == "final" and not ckpt.is_complete(p):
+                raise RuntimeError(f"input checkpoint {p} is missing or incomplete: its stage has not finished "
+                                   "(a stage never starts from a partial checkpoint)")
+
+    def _train(self, cfg) -> Path:
+        from takd.train.run import run_stage
+
+        self._check_inputs([cfg.student, cfg.teacher or ""])
+        return run_stage(cfg)
+
+    def _evaluate(self, job) -> Path:
+        from takd.evaluate.run import run_evaluation, write_results
+        from takd.models.loading import quiet_transformers
+
+        quiet_transformers()
+        self._check_inputs([job.model])
+        return write_results(run_evaluation(job), Path(job.output_dir))
+
+
+# ------------------------------------------------------------------------------------------- executors
+def slurm_parameters(st: PlannedStage, cluster: ClusterProfile, account: str | None) -> dict:
+    p: dict = {"job_name": f"takd-{st.name}", "time": st.time_min, "nodes": st.nodes, "signal_delay_s": 120,
+               "stderr_to_stdout": True}
+    if cluster.gpus_per_node and st.gpus_per_node:
+        p["ntasks_per_node"] = st.gpus_per_node  # one process per GPU
+        p["gpus_per_node"] = f"{cluster.gpu_type}:{st.gpus_per_node}"  # Alliance typed-GPU syntax
+        p["cpus_per_task"] = cluster.cpus_per_gpu
+        if cluster.mem_gb_per_gpu:
+            p["mem"] = f"{int(cluster.mem_gb_per_gpu * st.gpus_per_node)}G"
+    else:
+        p["ntasks_per_node"] = cluster.cpu_tasks_per_node if st.kind == "train" else 1
+        p["cpus_per_task"] = cluster.cpus_per_task or 1
+        if cluster.mem_gb:
+            p["mem"] = f"{int(cluster.mem_gb)}G"
+    if account:
+        p["account"] = account
+    if cluster.partition:
+        p["partition"] = cluster.partition
+    env_lines = [f"export {k}={v}" for k, v in job_environment().items()]
+    if not (cluster.gpus_per_node and st.gpus_per_node):  # CPU stages: one thread per allocated core
+        env_lines.append(f"export OMP_NUM_THREADS={p['cpus_per_task']}")
+    p["setup"] = list(cluster.setup) + env_lines
+    return p
+
+
+def make_executor(kind: str, folder: Path):
+    if kind == "slurm":
+        return submitit.SlurmExecutor(folder=str(folder), max_num_timeout=10)
+    if kind == "local":
+        return submitit.LocalExecutor(folder=str(folder))
+    return submitit.DebugExecutor(folder=str(folder))
+
+
+def default_executor() -> str:
+    return "slurm" if shutil.which("sbatch") else "local"
+
+
+def sbatch_script(run_dir: Path, stages: list[PlannedStage], meta: dict, stage_name: str) -> str:
+    """The sbatch file submitit would write for one stage (for review before submitting)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    st = next((s for s in stages if s.name == stage_name), None)
+    if st is None:
+        raise SystemExit(f"error: no stage {stage_name!r}; stages: {', '.join(s.name for s in stages)}")
+    params = slurm_parameters(st, load_cluster(meta["cluster"]), meta.get("account"))
+    folder = stage_dir(run_dir, st.name) / "slurm" / "%j"
+    return _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit '{folder}'",
+                               folder=str(folder), map_count=None, **params)
+
+
+def launch(run_dir: Path, stages: list[PlannedStage], meta: dict, executor: str | None = None,
+           wait: bool = False) -> int:
+    kind = executor or meta.get("executor") or default_executor()
+    todo = [s for s in stages if not (stage_dir(run_dir, s.name) / DONE).is_file()]
+    skipped = len(stages) - len(todo)
+    if skipped:
+        print(f"{skipped} stage(s) already DONE, skipped.")
+    if kind == "slurm":
+        return _launch_slurm(run_dir, todo, meta, wait)
+    return _run_in_order(run_dir, todo, kind)
+
+
+def _run_in_order(run_dir: Path, todo: list[PlannedStage], kind: str) -> int:
+    t0 = time.time()
+    timings = {}
+    for st in todo:
+        folder = stage_dir(run_dir, st.name) / "logs"
+        ex = make_executor(kind, folder)
+        if kind == "local":
+            ex.update_parameters(timeout_min=st.time_min)
+        print(f"==> {st.name} ({st.config.method if st.kind == 'train' else 'eval'})", flush=True)
+        t_stage = time.time()
+        job = ex.submit(StageJob(str(stage_dir(run_dir, st.name)), st.kind))
+        _follow(job)
+        try:
+            job.result()
+        except Exception as err:  # the job's own traceback is in its log
+            first = str(err).strip().splitlines()
+            print(f"error: stage {st.name} failed ({first[-1] if first else type(err).__name__}); log: "
+                  f"{folder}; fix and rerun: python -m takd.plan --resume {run_dir}", file=sys.stderr)
+            return 1
+        timings[st.name] = time.time() - t_stage
+        print(f"    done in {timings[st.name]:.0f}s", flush=True)
+    _write_timings(run_dir, timings, time.time() - t0)
+    _summarise(run_dir)
+    return 0
+
+
+def _summarise(run_dir: Path) -> None:
+    """The direct-vs-TA table on the console, and the full report beside the run."""
+    from takd.report.build import build_report
+    from takd.report.collect import print_summary
+
+    print_summary(run_dir)
+    report = build_report([run_dir], run_dir / "report")
+    print(f"report: {report}")
+
+
+def _follow(job, poll_s: float = 1.0) -> None:
+    """Echo the job's stdout log (our own one-line progress prints) until it finishes."""
+    seen = 0
+    while True:
+        finished = job.done()
+        path = Path(job.paths.stdout)
+        if path.is_file():
+            lines = path.read_text(errors="replace").splitlines()
+            for line in lines[seen:]:
+                if line.startswith("[") and not line.startswith("[20"):  # our "[stage] ..." lines, not library logs
+                    print(f"    {line}", flush=True)
+            seen = len(lines)
+        if finished:
+            return
+        time.sleep(poll_s)
+
+
+def _write_timings(run_dir: Path, timings: dict[str, float], total: float) -> None:
+    f = run_dir / "timings.yaml"
+    old = yaml.safe_load(f.read_text()) if f.is_file() else {}
+    old.update({k: round(v, 1) for k, v in timings.items()})
+    old["_total_last_launch_s"] = round(total, 1)
+    f.write_text(yaml.safe_dump(old, sort_keys=False))
+
+
+def _launch_slurm(run_dir: Path, todo: list[PlannedStage], meta: dict, wait: bool) -> int:
+    cluster = load_cluster(meta["cluster"])
+    job_ids: dict[str, str] = {}
+    jobs = []
+    for st in todo:
+        ex = make_executor("slurm", stage_dir(run_dir, st.name) / "slurm" / "%j")
+        params = slurm_parameters(st, cluster, meta.get("account"))
+        deps = [job_ids[d] for d in st.depends_on if d in job_ids]
+        if deps:
+            params["additional_parameters"] = {"dependency": "afterok:" + ":".join(deps)}
+        ex.update_parameters(**params)
+        job = ex.submit(StageJob(str(stage_dir(run_dir, st.name)), st.kind))
+        job_ids[st.name] = job.job_id
+        jobs.append((st, job))
+        print(f"submitted {st.name:34s} job {job.job_id}" + (f"  after {','.join(deps)}" if deps else ""),
+              flush=True)
+    record = run_dir / "jobs.yaml"
+    old = yaml.safe_load(record.read_text()) if record.is_file() else {}
+    old.update(job_ids)
+    record.write_text(yaml.safe_dump(old, sort_keys=False))
+    print(f"\nfollow with: python -m takd.status {run_dir}")
+    if not wait:
+        return 0
+    failed = 0
+    for st, job in jobs:
+        try:
+            job.results()  # every task's result: multi-task (one per device) jobs have several
+        except Exception as err:
+            failed += 1
+            print(f"stage {st.name} (job {job.job_id}) did not complete: {type(err).__name__}", file=sys.stderr)
+    if not failed:
+        _summarise(run_dir)
+    return 1 if failed else 0

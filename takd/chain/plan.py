@@ -1,0 +1,318 @@
+"""The stage DAG of a teacher-assistant chain, typed: each planned stage carries its training or evaluation config.
+
+The chain T → A … → S becomes:
+  sft-T                 teacher SFT (or `--teacher-path` to start from an already fine-tuned teacher)
+  init-X                SFT init of every assistant and of the student (lowest validation loss kept)
+  <method>-T-to-A, …    distillation along the chain; each stage's teacher is the previous stage's final HF dir
+  <method>-T-to-S       the direct baseline (on by default; --no-direct to skip)
+  baseline-<m>-S        optional baselines (--baselines sft,kd,seqkd), from the student's base model
+  eval-…                evaluation of the teacher, the student's init, every distilled model and every baseline
+A run directory holds `plan.yaml` (the DAG: names, roles, dependencies, resources, what the planner decided) and
+one `stages/<stage>/stage.yaml` per stage: the resolved config that `takd.train --config` / `takd.evaluate
+--config` read as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from takd import config as cfglib
+from takd.chain.profiles import ChainProfile, ClusterProfile, profile_stage
+from takd.chain.resources import choose_allocation, per_gpu_gb
+from takd.config import ConfigError
+from takd.evaluate.config import EvalJob, EvalSettings
+from takd.models import registry
+from takd.paths import final_dir, stage_dir
+from takd.train.config import StageConfig, load_stage, stage_class
+
+METHODS = ("minillm", "kd", "seqkd", "sft")
+ROLE_HOURS = {"sft": 12, "init": 12, "distill": 24, "baseline": 12, "eval": 2}  # default time limits
+Role = Literal["sft", "init", "distill", "baseline", "eval"]
+ENGINE_KEYS = ("zero_stage", "teacher_placement", "gather_for_generation")  # what the estimator chooses
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    role: Role
+    model: str  # registry name of the model trained (or evaluated)
+    depends_on: list[str]
+    config: StageConfig | EvalJob  # what the stage runs: its stage.yaml
+    label: str = ""  # teacher | ta | via-ta | direct | baseline-<m> | init
+    teacher_model: str = ""  # registry name of the teacher's model (its architecture/size), for the memory estimate
+    nodes: int = 1
+    gpus_per_node: int = 0
+    time_min: int = 60
+    mem_per_gpu_gb: float = 0.0
+    pinned: dict[str, str] = field(default_factory=dict)  # deepspeed.<key> -> "profile" | "--set"
+    notes: list[str] = field(default_factory=list)  # what the planner decided against a stated setting, and why
+
+    @property
+    def kind(self) -> Literal["train", "eval"]:
+        return "eval" if self.role == "eval" else "train"
+
+    @property
+    def engine(self) -> bool:
+        return self.kind == "train" and self.config.deepspeed.enabled
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def validate_chain(chain: list[str]) -> list[registry.ModelSpec]:
+    """Every check that can fail before anything is written or submitted, each a one-line ConfigError."""
+    if len(chain) < 2:
+        raise ConfigError(f"a chain needs at least a teacher and a student (got {chain}); e.g. "
+                          "--chain opt-13b,opt-6.7b,opt-1.3b")
+    dupes = sorted({m for m in chain if chain.count(m) > 1})
+    if dupes:
+        raise ConfigError(f"model {dupes[0]!r} appears twice in the chain {','.join(chain)}")
+    specs = [registry.resolve(m) for m in chain]
+    for big, small in zip(specs, specs[1:], strict=False):
+        if big.params_m and small.params_m and small.params_m >= big.params_m:
+            raise ConfigError(f"{small.name} ({small.params_m:g}M params) is not smaller than its teacher {big.name} "
+                              f"({big.params_m:g}M); order the chain from the largest model to the smallest")
+    toks = {s.tokenizer for s in specs}
+    if len(toks) > 1:
+        pairs = ", ".join(f"{s.name}: {s.tokenizer}" for s in specs)
+        raise ConfigError(f"the chain mixes tokenizers ({pairs}); token-level distillation needs one vocabulary: "
+                          "use models of one family")
+    return specs
+
+
+def check_offline(chain: list[str]) -> None:
+    missing = [m for m in chain if not registry.is_available_offline(m)]
+    if missing:
+        raise ConfigError(f"not in the local cache (jobs run offline): {', '.join(missing)}; on a login node run: "
+                          f"{registry.prepare_command(missing)}")
+
+
+# ------------------------------------------------------------------------------------------------ planning
+class _Overrides:
+    """`--set key=value` items: each applies to the stages that have its key; one no stage has is an error."""
+
+    def __init__(self, items: list[str]):
+        self.items = [(text, cfglib.parse_override(text)[0]) for text in items]
+        self.used: set[str] = set()
+
+    def select(self, method: str) -> tuple[list[str], dict[str, str]]:
+        """The items a stage of `method` has, and the `deepspeed.*` keys they pin."""
+        fields = set(stage_class(method).__dataclass_fields__)
+        mine = [(text, keys) for text, keys in self.items if keys[0] in fields]
+        self.used.update(text for text, _ in mine)
+        return [text for text, _ in mine], {".".join(keys): "--set" for _, keys in mine if keys[0] == "deepspeed"}
+
+    def check_all_used(self) -> None:
+        unused = [text for text, _ in self.items if text not in self.used]
+        if unused:
+            raise ConfigError(f"--set {unused[0]}: no stage of this plan has that key")
+
+
+def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method: str | None = None,
+               direct: bool = True, baselines: tuple[str, ...] = (), teacher_path: str | None = None,
+               tas: list[str] | None = None, overrides: list[str] | None = None, evaluate: bool = True
+               ) -> list[PlannedStage]:
+    """The stage DAG (topologically ordered) for one chain, or one chain per TA when `tas` is given."""
+    method = method or profile.method
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    chains = [[chain[0], ta, chain[-1]] for ta in tas] if tas else [chain]
+    sets = _Overrides(overrides or [])
+    stages: dict[str, PlannedStage] = {}
+
+    def train(role, meth, name, model, student_init, teacher_stage_or_path, deps, label):
+        if name in stages:
+            return
+        if teacher_stage_or_path in stages:  # a stage of this plan: its final/ directory, its model's size
+            teacher = str(final_dir(run_dir, teacher_stage_or_path))
+            teacher_model = stages[teacher_stage_or_path].model
+        else:  # a registry name or an already fine-tuned HF directory (--teacher-path)
+            teacher = teacher_stage_or_path
+            teacher_model = registry.base_model_name(teacher) if teacher else ""
+        init = str(final_dir(run_dir, student_init)) if student_init in stages else student_init
+        texts, pins = sets.select(meth)
+        pins = {**{f"deepspeed.{k}": "profile" for k in profile.section(role, model).get("deepspeed", {})}, **pins}
+        cfg = profile_stage(profile, role, meth, model, texts, name=name, student=init, teacher=teacher,
+                            output_dir=str(stage_dir(run_dir, name)))  # validated now, before anything is submitted
+        stages[name] = PlannedStage(name, role, model, deps, cfg, label, teacher_model=teacher_model, pinned=pins)
+
+    for ch in chains:
+        validate_chain(ch)
+        t = ch[0]
+        teacher_stage = teacher_path or f"sft-{t}"
+        if not teacher_path:
+            train("sft", "sft", f"sft-{t}", t, t, None, [], "teacher")
+        for m in ch[1:]:
+            train("init", "sft", f"init-{m}", m, m, None, [], "init")
+        prev = teacher_stage
+        for i, m in enumerate(ch[1:], start=1):
+            deps = [d for d in (prev, f"init-{m}") if d in stages]
+            label = "ta" if i < len(ch) - 1 else ("via-ta" if len(ch) > 2 else "direct")
+            name = f"{method}-{ch[i - 1]}-to-{m}"
+            train("distill", method, name, m, f"init-{m}", prev, deps, label)
+            prev = name
+        s = ch[-1]
+        if direct and len(ch) > 2:
+            train("distill", method, f"{method}-{t}-to-{s}", s, f"init-{s}", teacher_stage,
+                  [d for d in (teacher_stage, f"init-{s}") if d in stages], "direct")
+        for b in baselines:
+            deps = [teacher_stage] if b != "sft" and teacher_stage in stages else []
+            train("baseline", b, f"baseline-{b}-{s}", s, s, None if b == "sft" else teacher_stage, deps,
+                  f"baseline-{b}")
+    sets.check_all_used()
+    students = {ch[-1] for ch in chains}
+    for st in [x for x in stages.values() if evaluate]:
+        if st.role != "init" or st.model in students:  # the student's SFT init shows what distillation adds
+            ev = _eval_stage(st, profile.eval, run_dir)
+            stages[ev.name] = ev
+    return list(stages.values())
+
+
+def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path) -> PlannedStage:
+    name = f"eval-{st.name}"
+    teacher = st.config.teacher or ""
+    job = EvalJob(**{**asdict(settings), "exposure_bias": settings.exposure_bias and bool(teacher)},  # vs own teacher
+                  model=str(final_dir(run_dir, st.name)), output_dir=str(stage_dir(run_dir, name)),
+                  teacher=teacher or None, meta={"stage": st.name, "model": st.model, "method": st.config.method,
+                                                 "label": st.label, "teacher": teacher})
+    return PlannedStage(name, "eval", st.model, [st.name], job, st.label)
+
+
+# ------------------------------------------------------------------------------------------------ resources
+def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile, pinned: tuple[str, ...] = ()) -> None:
+    """Nodes × GPUs, ZeRO stage and teacher placement from the memory estimate; time limit per role.
+
+    A `deepspeed.*` key the user set (--set, or `pinned`) is kept whatever the estimate says; one the chain profile
+    set is kept when it fits, and otherwise replaced by the estimate's choice with a note in the plan."""
+    for st in stages:
+        st.time_min = int(60 * min(cluster.max_time_hours, ROLE_HOURS[st.role]))
+        if cluster.gpus_per_node == 0:
+            if st.kind == "train" and cluster.cpu_tasks_per_node > 1:
+                st.config.deepspeed.enabled = True
+            continue
+        student = registry.resolve(st.model).params_m
+        if st.kind == "eval":  # inference only: bf16 weights and working memory
+            alloc = choose_allocation(student / 8, 0.0, cluster.gpu_mem_gb, cluster.gpus_per_node)
+            _place(st, alloc, cluster)
+            continue
+        teacher = registry.resolve(st.teacher_model).params_m if st.teacher_model else 0.0
+        _assign_engine(st, student, teacher, cluster, {**st.pinned, **{k: "--set" for k in pinned}})
+
+
+def _assign_engine(st: PlannedStage, student: float, teacher: float, cluster: ClusterProfile,
+                   pins: dict[str, str]) -> None:
+    ds = st.config.deepspeed
+    held = {src: {k: getattr(ds, k) for k in ENGINE_KEYS if pins.get(f"deepspeed.{k}") == src}
+            for src in ("--set", "profile")}
+
+    def choose(fixed):
+        return choose_allocation(student, teacher, cluster.gpu_mem_gb, cluster.gpus_per_node, fixed=fixed)
+
+    alloc = choose({**held["--set"], **held["profile"]})
+    if alloc is None and held["profile"]:
+        alloc = choose(held["--set"])
+        if alloc is not None:
+            st.notes.append(f"{st.name}: the profile's deepspeed {_kv(held['profile'])} does not fit "
+                            f"{cluster.gpus_per_node}x{cluster.gpu_mem_gb:g}GB nodes; the estimate's choice is used")
+            held["profile"] = {}
+    if alloc is None and held["--set"]:
+        alloc = choose({})
+        if alloc is not None:
+            st.notes.append(f"{st.name}: --set deepspeed {_kv(held['--set'])} kept, although the estimate says it "
+                            "does not fit; expect out-of-memory")
+    if alloc is None:
+        raise ConfigError(f"stage {st.name}: {st.model} does not fit on {cluster.max_time_hours:g}h nodes of "
+                          f"{cluster.gpus_per_node}x{cluster.gpu_mem_gb:g}GB even with ZeRO-3 on 4 nodes")
+    _place(st, alloc, cluster)
+    if st.nodes * st.gpus_per_node > 1:
+        ds.enabled = True
+        chosen = {"zero_stage": alloc.zero_stage, "teacher_placement": alloc.teacher_placement,
+                  "gather_for_generation": alloc.gather_for_generation}
+        for k, v in chosen.items():
+            if k not in held["--set"] and k not in held["profile"]:
+                setattr(ds, k, v)
+        st.mem_per_gpu_gb = per_gpu_gb(student, teacher, ds.zero_stage, ds.teacher_placement,
+                                       st.nodes * st.gpus_per_node, ds.gather_for_generation)
+
+
+def _place(st: PlannedStage, alloc, cluster: ClusterProfile) -> None:
+    if cluster.whole_node_only and alloc.gpus_per_node not in (1, cluster.gpus_per_node):
+        alloc.gpus_per_node = cluster.gpus_per_node
+    st.nodes, st.gpus_per_node, st.mem_per_gpu_gb = alloc.nodes, alloc.gpus_per_node, alloc.mem_per_gpu_gb
+
+
+def _kv(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+# ------------------------------------------------------------------------------------------------ display
+def plan_table(stages: list[PlannedStage]) -> str:
+    head = f"{'stage':34s} {'method':8s} {'teacher':22s} {'student':22s} {'after':30s} {'GPUs':>6s} " \
+           f"{'ZeRO':>6s} {'GB/GPU':>7s} {'time':>6s} {'GPU-h':>6s}"
+    lines = [head, "-" * len(head)]
+    for st in stages:
+        train = st.kind == "train"
+        teacher = _short(st.config.teacher or "") if train else ""
+        student = _short(st.config.student if train else st.config.model)
+        gpus = f"{st.nodes}x{st.gpus_per_node}" if st.gpus_per_node else "cpu"
+        gpuh = st.nodes * st.gpus_per_node * st.time_min / 60
+        method = st.config.method if train else "eval"
+        lines.append(f"{st.name:34s} {method:8s} {teacher:22s} {student:22s} {','.join(st.depends_on)[:30]:30s} "
+                     f"{gpus:>6s} {_zero_label(st):>6s} {st.mem_per_gpu_gb:7.1f} {st.time_min / 60:5.1f}h "
+                     f"{gpuh:6.0f}")
+    lines.append("ZeRO: the student's stage (3g: gathered whole for generation); +T3: teacher sharded by ZeRO-3 too; "
+                 "+off: optimizer in host memory")
+    lines += [f"note: {n}" for st in stages for n in st.notes]
+    return "\n".join(lines)
+
+
+def _zero_label(st: PlannedStage) -> str:
+    if not st.engine:
+        return "-"
+    ds = st.config.deepspeed
+    gathered = ds.zero_stage == 3 and ds.gather_for_generation
+    return (f"{ds.zero_stage}{'g' if gathered else ''}{'+off' if ds.offload_optimizer else ''}"
+            f"{'+T3' if ds.teacher_placement == 'zero3' and st.config.teacher else ''}")
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    return p.parent.name if p.name == "final" else path
+
+
+# ------------------------------------------------------------------------------------------------ files
+def _entry(st: PlannedStage) -> dict:
+    """A stage's line in plan.yaml: everything but its config (which is its stage.yaml)."""
+    return {"kind": st.kind, **{k: v for k, v in cfglib.to_dict(st).items() if k != "config"}}
+
+
+def write_plan(run_dir: Path, stages: list[PlannedStage], meta: dict) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for st in stages:
+        d = stage_dir(run_dir, st.name)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "stage.yaml").write_text(yaml.safe_dump(cfglib.to_dict(st.config), sort_keys=False))
+    manifest = {**meta, "stages": [_entry(s) for s in stages]}
+    (run_dir / "plan.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return run_dir / "plan.yaml"
+
+
+def load_stage_config(stage_yaml: Path, kind: str) -> StageConfig | EvalJob:
+    if kind == "eval":
+        return cfglib.load(EvalJob, stage_yaml)
+    return load_stage(stage_yaml)
+
+
+def read_plan(run_dir: Path) -> tuple[dict, list[PlannedStage]]:
+    manifest = cfglib.read_yaml(run_dir / "plan.yaml")
+    stages = []
+    for entry in manifest.pop("stages"):
+        entry = dict(entry)
+        kind = entry.pop("kind")
+        entry["config"] = load_stage_config(stage_dir(run_dir, entry["name"]) / "stage.yaml", kind)
+        stages.append(cfglib.from_dict(PlannedStage, entry, f"{run_dir}/plan.yaml"))
+    return manifest, stages
+
+

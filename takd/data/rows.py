@@ -1,0 +1,92 @@
+"""Instruction rows (torch-free): the prompt template, references, JSONL files, where each dataset is read from.
+
+Formats (reference §6): `instruction`, `input` (may be empty), `output` (a string, or a list of references for
+evaluation sets). Prompts use the Alpaca template; the response follows "### Response:\n" directly.
+Real datasets are read only from local files (`$TAKD_HOME/data/<name>/<split>.jsonl`, written by
+`takd.prepare`), never from the network inside a job.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from takd.paths import selfinst_file, takd_home
+
+BUILTIN = "builtin"
+REAL_DATASETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
+
+_HEAD_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+               "context. Write a response that appropriately completes the request.")
+_HEAD_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes " \
+                 "the request."
+
+
+class DataNotPrepared(RuntimeError):
+    """A dataset is not in the local cache; the message names the prepare command."""
+
+
+def format_prompt(row: dict) -> str:
+    """The Alpaca template used by MiniLLM for every family (reference §6)."""
+    inp = (row.get("input") or "").strip()
+    if inp:
+        return f"{_HEAD_INPUT}\n\n### Instruction:\n{row['instruction']}\n\n### Input:\n{inp}\n\n### Response:\n"
+    return f"{_HEAD_NO_INPUT}\n\n### Instruction:\n{row['instruction']}\n\n### Response:\n"
+
+
+def references(row: dict) -> list[str]:
+    out = row["output"]
+    return list(out) if isinstance(out, list) else [out]
+
+
+# ----------------------------------------------------------------------------------------------- loading rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    tmp.replace(path)
+
+
+def selfinst_rows(path: str | Path) -> list[dict]:
+    """SelfInst (`user_oriented_instructions.jsonl`): one task per line with `instances` of input/output."""
+    rows = []
+    for task in read_jsonl(path):
+        inst = task["instances"][0]
+        rows.append({"instruction": task["instruction"], "input": inst.get("input", ""),
+                     "output": inst["output"], "task": task.get("id", "")})
+    return rows
+
+
+def data_dir(name: str) -> Path:
+    return takd_home() / "data" / name
+
+
+def load_rows(dataset: str, split: str, seed: int = 0) -> list[dict]:
+    """Rows of `dataset`/`split`: `builtin` is generated; real sets come from the prepared local cache
+    (or a path to a `.jsonl` file)."""
+    from takd.data.builtin import generate_split
+
+    if dataset == BUILTIN:
+        return generate_split(split, seed=seed)
+    if dataset.endswith(".jsonl"):
+        return read_jsonl(dataset)
+    if dataset not in REAL_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected {BUILTIN}, one of {', '.join(REAL_DATASETS)}, "
+                         "or a path to a .jsonl file")
+    f = data_dir(dataset) / f"{split}.jsonl"
+    if f.is_file():
+        return read_jsonl(f)
+    if dataset == "selfinst" and split in ("valid", "test") and selfinst_file() is not None:
+        return selfinst_rows(selfinst_file())
+    raise DataNotPrepared(f"dataset {dataset!r} split {split!r} not found at {f}; on a login node run: "
+                          f"python -m takd.prepare --datasets {dataset}")

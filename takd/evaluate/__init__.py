@@ -1,0 +1,1 @@
+"""Evaluation: metrics (torch-free), generation, exposure bias, calibration, the LLM judge, the evaluation run."""

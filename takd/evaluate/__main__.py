@@ -1,0 +1,5 @@
+import sys
+
+from takd.evaluate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Models: the registry (`registry`, torch-free) and offline loading (`loading`)."""

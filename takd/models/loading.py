@@ -1,0 +1,163 @@
+"""Offline-first loading of models and tokenizers, and the tiny family built locally.
+
+Loading never touches the network inside a job: hub models load with `local_files_only=True`, and a miss raises
+`ModelNotPrepared` naming the `takd.prepare` command to run on a login node. Tiny models are random-init from their
+config and materialised once by `takd.prepare` (or on first use) into `$TAKD_HOME/models/<name>`, tokenizer saved
+beside them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, OPTConfig, PreTrainedModel
+
+from takd.data.tokenizers import gpt2_bpe, load_tokenizer, train_builtin_bpe
+from takd.models.registry import ModelNotPrepared, ModelSpec, prepare_command, registry, resolve, write_model_meta
+from takd.paths import gpt2_bpe_dir, takd_home
+
+TINY_MAX_POSITIONS = 512  # tokens
+
+
+def tiny_config(spec: ModelSpec, vocab_size: int, eos_id: int) -> OPTConfig:
+    a = spec.arch
+    return OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=a["hidden_size"],
+        num_hidden_layers=a["num_hidden_layers"],
+        num_attention_heads=a["num_attention_heads"],
+        ffn_dim=a["ffn_dim"],
+        word_embed_proj_dim=a["hidden_size"],
+        max_position_embeddings=TINY_MAX_POSITIONS,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=eos_id,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def tiny_dir(name: str) -> Path:
+    return takd_home() / "models" / name
+
+
+def builtin_tokenizer_dir() -> Path:
+    return takd_home() / "tokenizers" / "builtin-bpe"
+
+
+def prepare_builtin_tokenizer(force: bool = False) -> Path:
+    """Train (once) and save the built-in BPE; returns its directory."""
+    from takd.data.builtin import generate_split, pretraining_corpus
+    from takd.data.rows import format_prompt
+
+    out = builtin_tokenizer_dir()
+    if (out / "tokenizer.json").is_file() and not force:
+        return out
+    texts = [format_prompt(r) + r["output"] for r in generate_split("train")] + pretraining_corpus()
+    tok = train_builtin_bpe(texts)
+    _atomic_save(lambda d: tok.save_pretrained(d), out)
+    return out
+
+
+def prepare_tiny(name: str, seed: int = 0, force: bool = False) -> Path:
+    """Materialise a tiny model (random init from config, fixed seed) + tokenizer as an HF directory."""
+    spec = registry()[name]
+    if not spec.is_tiny:
+        raise ValueError(f"{name} is not a tiny model")
+    out = tiny_dir(name)
+    if (out / "config.json").is_file() and not force:
+        return out
+    tok = tokenizer_for(spec)
+    cfg = tiny_config(spec, vocab_size=len(tok), eos_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+
+    def write(d: Path) -> None:
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        write_model_meta(d, base=name)
+
+    _atomic_save(write, out)
+    return out
+
+
+def tokenizer_for(spec: ModelSpec):
+    """The tokenizer of a model spec, offline."""
+    if spec.tokenizer == "builtin-bpe":
+        return load_tokenizer(prepare_builtin_tokenizer())
+    if spec.tokenizer == "gpt2-bpe":
+        bpe = gpt2_bpe_dir()
+        if bpe is None:
+            raise ModelNotPrepared("gpt2-bpe tokenizer files not found: set TAKD_GPT2_BPE to a dir with vocab.json "
+                                   "and merges.txt")
+        return gpt2_bpe(bpe)
+    source = spec.hf_id if spec.hf_id and Path(spec.hf_id).is_dir() else spec.tokenizer
+    try:
+        return load_tokenizer(source)
+    except (OSError, ValueError) as err:
+        raise ModelNotPrepared(_not_prepared_message(spec, "tokenizer", err)) from None
+
+
+def model_dir(name_or_path: str) -> Path | str:
+    """Where a model's weights load from: a local dir for tiny/local models, else the hub id (cache-only)."""
+    spec = resolve(name_or_path)
+    if spec.is_tiny:
+        return prepare_tiny(spec.name)
+    return spec.hf_id if spec.hf_id else name_or_path
+
+
+def load_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a causal LM offline. Tiny models are prepared on first use (no network involved)."""
+    spec = resolve(name_or_path)
+    source = model_dir(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=True)
+    except OSError as err:
+        raise ModelNotPrepared(_not_prepared_message(spec, "weights", err)) from None
+
+
+def load_tokenizer_for(name_or_path: str):
+    spec = resolve(name_or_path)
+    if spec.is_tiny:
+        return load_tokenizer(prepare_tiny(spec.name))
+    if spec.hf_id and Path(spec.hf_id).is_dir():
+        return load_tokenizer(spec.hf_id)
+    return tokenizer_for(spec)
+
+
+def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str) -> None:
+    """Teacher and student must share a vocabulary (token-level losses compare distributions per id)."""
+    from takd.config import ConfigError
+
+    if student_tok.get_vocab() != teacher_tok.get_vocab() or student_tok.eos_token_id != teacher_tok.eos_token_id:
+        raise ConfigError(
+            f"tokenizers differ: student {student} ({len(student_tok)} tokens, eos {student_tok.eos_token_id}) vs "
+            f"teacher {teacher} ({len(teacher_tok)} tokens, eos {teacher_tok.eos_token_id}); every model of a "
+            "chain must use the same tokenizer (pick one model family)")
+
+
+def _not_prepared_message(spec: ModelSpec, what: str, err: Exception) -> str:
+    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    return (f"{spec.name} ({spec.hf_id}) {what} not found in the local cache (HF_HOME={hf_home}); "
+            f"on a login node with internet run: {prepare_command([spec.name])}")
+
+
+def _atomic_save(write, out: Path) -> None:
+    from takd.checkpoint import atomic_directory
+
+    with atomic_directory(out) as tmp:
+        write(tmp)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def quiet_transformers() -> None:
+    """Per-shard progress bars and load reports from transformers drown our own log in Slurm output files."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

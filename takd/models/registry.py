@@ -1,0 +1,118 @@
+"""The model registry (torch-free): short names, families, sizes, tokenizer identities, and what a saved
+directory descends from.
+
+Short names (`opt-13b`, `gpt2-120m`, `tiny-s`, ...) come from `configs/models/*.yaml`. Any HF causal-LM id or a local
+HF directory is also accepted. The planner reads only this module, so planning never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from takd import config as cfglib
+from takd.paths import CONFIG_DIR
+
+
+class ModelNotPrepared(RuntimeError):
+    """A model or tokenizer is not in the local cache; the message names the prepare command."""
+
+@dataclass
+class ModelSpec:
+    name: str
+    family: str
+    architecture: Literal["opt", "gpt2", "llama", "other"]
+    tokenizer: str  # tokenizer identity: models in a chain must share it
+    params_m: float  # millions of parameters
+    hf_id: str | None = None  # None for the tiny family (built from `arch`)
+    arch: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.hf_id is None
+
+
+@dataclass
+class _FamilyEntry:
+    params_m: float
+    hf_id: str | None = None
+    arch: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _FamilyFile:
+    family: str
+    architecture: Literal["opt", "gpt2", "llama", "other"]
+    tokenizer: str
+    models: dict[str, Any]
+
+
+@cache
+def registry() -> dict[str, ModelSpec]:
+    """All models named in configs/models/*.yaml."""
+    specs: dict[str, ModelSpec] = {}
+    for path in sorted((CONFIG_DIR / "models").glob("*.yaml")):
+        fam = cfglib.load(_FamilyFile, path)
+        for name, entry in fam.models.items():
+            e = cfglib.from_dict(_FamilyEntry, entry, f"{path}: models.{name}")
+            if name in specs:
+                raise cfglib.ConfigError(f"{path}: model {name!r} is also defined in family {specs[name].family}")
+            specs[name] = ModelSpec(name, fam.family, fam.architecture, fam.tokenizer, e.params_m, e.hf_id, e.arch)
+    return specs
+
+
+def resolve(name_or_path: str) -> ModelSpec:
+    """A registry name, a local HF directory, or any HF hub id (treated as an unknown-size causal LM)."""
+    reg = registry()
+    if name_or_path in reg:
+        return reg[name_or_path]
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file():
+        return _spec_from_dir(path)
+    if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")):
+        return ModelSpec(name_or_path, "hub", "other", name_or_path, params_m=0.0, hf_id=name_or_path)
+    raise cfglib.ConfigError(
+        f"unknown model {name_or_path!r}: use a registry name ({', '.join(sorted(reg))}), "
+        "an HF hub id like org/name, or a directory holding config.json"
+    )
+
+
+def _spec_from_dir(path: Path) -> ModelSpec:
+    base = registry().get(base_model_name(str(path)))  # takd writes takd_model.json into every checkpoint
+    if base is not None:
+        return ModelSpec(str(path), base.family, base.architecture, base.tokenizer, base.params_m, str(path))
+    cfg = json.loads((path / "config.json").read_text())
+    arch = cfg.get("model_type", "other")
+    arch = arch if arch in ("opt", "gpt2", "llama") else "other"
+    return ModelSpec(str(path), "local", arch, str(path), params_m=0.0, hf_id=str(path))
+
+def is_available_offline(name_or_path: str) -> bool:
+    """True when the model's config is on this machine (tiny models can always be built locally). Reads the HF
+    cache index only: no network, no torch."""
+    spec = resolve(name_or_path)
+    if spec.is_tiny or (spec.hf_id and Path(spec.hf_id).is_dir()):
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    # the cache location is read from the environment now, not when huggingface_hub was imported
+    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+    cache = os.environ.get("HF_HUB_CACHE") or str(hf_home / "hub")
+    return isinstance(try_to_load_from_cache(spec.hf_id, "config.json", cache_dir=cache), str)
+
+
+def prepare_command(names: list[str]) -> str:
+    return f"python -m takd.prepare --models {','.join(names)}"
+
+def write_model_meta(d: Path, base: str, **extra: Any) -> None:
+    """Record which registry model a saved directory derives from (keeps tokenizer identity across stages)."""
+    (Path(d) / "takd_model.json").write_text(json.dumps({"base": base, **extra}, indent=1))
+
+
+def base_model_name(name_or_path: str) -> str:
+    """The registry model a saved directory descends from (its `takd_model.json`), else the name itself."""
+    meta = Path(name_or_path) / "takd_model.json"
+    return json.loads(meta.read_text()).get("base", name_or_path) if meta.is_file() else name_or_path

@@ -1,0 +1,1 @@
+"""Results: evaluation rows collected across runs (`collect`) and the Markdown/HTML report (`build`)."""

@@ -1,0 +1,5 @@
+import sys
+
+from takd.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""A Markdown + HTML report of one or more chain runs (`python -m takd.report RUN_DIR [RUN_DIR ...]`).
+
+Sections: Rouge-L of every evaluated model (mean ± 95 % interval over seeds), the direct-vs-TA table per
+dataset (student via TA − direct, paired by seed), the TA-size curve when runs or a sweep used several TAs,
+calibration and exposure bias when evaluated, and training curves (loss, reverse KL to the teacher, response
+length) read from each stage's metrics.jsonl. Figures are PNG files beside the report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: clusters and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from takd.paths import git_revision  # noqa: E402
+from takd.report.collect import collect, direct_vs_ta, summary  # noqa: E402
+
+
+def training_curves(run_dir: Path) -> pd.DataFrame:
+    """Train/eval rows of every stage's metrics.jsonl: stage, step, kind, metric, value."""
+    rows = []
+    for f in sorted((run_dir / "stages").glob("*/metrics.jsonl")):
+        for line in f.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                for k, v in r.items():
+                    if k not in ("step", "kind"):
+                        rows.append({"run": run_dir.name, "stage": f.parent.name, "step": r["step"], "kind": r["kind"],
+                                     "metric": k, "value": v})
+    return pd.DataFrame(rows)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rouge(s: pd.DataFrame, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels = [f"{r['label']}\n{r['model']}" for _, r in s.iterrows()]
+    ax.bar(range(len(s)), s["mean"], yerr=s["ci95"].fillna(0), capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(s)), labels, fontsize=8)
+    ax.set_ylabel("Rouge-L")
+    ax.set_title("Rouge-L by model (mean ± 95% CI over seeds)")
+    return _save(fig, path)
+
+
+def plot_curves(curves: pd.DataFrame, metric: str, kind: str, path: Path, title: str) -> Path | None:
+    sel = curves[(curves["metric"] == metric) & (curves["kind"] == kind)]
+    if sel.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for stage, grp in sel.groupby("stage"):
+        ax.plot(grp["step"], grp["value"], marker=".", label=stage)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def ta_size_curve(df: pd.DataFrame, path: Path) -> Path | None:
+    """Student Rouge-L against the TA used (one point per via-TA stage), when there are several TAs."""
+    via = df[(df["metric"] == "rouge_l") & (df["label"] == "via-ta")]
+    if via["stage"].nunique() < 2:
+        return None
+    means = via.groupby("stage")["value"].mean()
+    ta = {st: st.split("-to-")[0].split("-", 1)[1] for st in means.index}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([ta[s] for s in means.index], means.values, marker="o")
+    ax.set_xlabel("teacher assistant")
+    ax.set_ylabel("student Rouge-L")
+    return _save(fig, path)
+
+
+def _md_table(df: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(floatfmt.format(v) if isinstance(v, float) else str(v) for v in r) + " |")
+    return "\n".join(lines)
+
+
+def build_report(run_dirs: list[Path], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    df = collect(run_dirs)
+    df.to_csv(out / "results.csv", index=False)
+    s = summary(df)
+    d = direct_vs_ta(df)
+    md = [f"# takd report: {', '.join(r.name for r in run_dirs)}",
+          f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from takd commit {git_revision()}.", ""]
+    if not s.empty:
+        md += ["## Rouge-L (mean ± 95 % CI over sampling seeds)", "",
+               _md_table(s[["run", "dataset", "label", "stage", "model", "mean", "ci95", "seeds"]]), "",
+               f"![Rouge-L]({plot_rouge(s, out / 'rouge_l.png').name})", ""]
+    if not d.empty:
+        md += ["## Student via TA vs direct (paired by seed)", "", _md_table(d), ""]
+    ta = ta_size_curve(df, out / "ta_size.png")
+    if ta:
+        md += ["## TA-size curve", "", f"![TA size]({ta.name})", ""]
+    extra = df[df["metric"].isin(["ece", "accuracy"])]
+    if not extra.empty:
+        md += ["## Calibration (built-in classification items)", "",
+               _md_table(extra.pivot_table(index=["label", "stage"], columns="metric", values="value").reset_index()),
+               ""]
+    eb = df[(df["metric"] == "ex_acc_err")]
+    if not eb.empty and "position" in eb:
+        last = eb[eb["position"] == eb["position"].max()]
+        md += ["## Exposure bias (ExAccErr at the last position, %)", "",
+               _md_table(last[["label", "stage", "position", "value"]]), ""]
+    curves = pd.concat([training_curves(r) for r in run_dirs], ignore_index=True)
+    if not curves.empty:
+        curves.to_csv(out / "curves.csv", index=False)
+        md += ["## Training curves", ""]
+        for metric, kind, title in [("loss", "train", "training loss"), ("rev_kl", "train", "reverse KL to teacher "
+                                    "(pure-student samples, per rollout round)"),
+                                    ("response_len", "train", "rollout response length"),
+                                    ("val_rouge_l", "eval", "validation Rouge-L")]:
+            png = plot_curves(curves, metric, kind, out / f"curve_{metric}.png", title)
+            if png:
+                md += [f"![{title}]({png.name})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(md))
+    _write_html(report)
+    return report
+
+
+def _write_html(md_file: Path) -> Path:
+    """A dependency-free HTML rendering (tables as preformatted text, images inline)."""
+    import html
+
+    body = []
+    for line in md_file.read_text().splitlines():
+        if line.startswith("![") and "](" in line:
+            src = line.split("](")[1].rstrip(")")
+            body.append(f'<p><img src="{html.escape(src)}" style="max-width:100%"></p>')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("|"):
+            body.append(f"<pre>{html.escape(line)}</pre>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    out = md_file.with_suffix(".html")
+    out.write_text("<html><body style='font-family:sans-serif'>\n" + "\n".join(body) + "\n</body></html>\n")
+    return out

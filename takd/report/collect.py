@@ -1,0 +1,76 @@
+"""Collect evaluation rows from run directories into one tidy DataFrame, and summarise direct vs via-TA.
+
+Rows: run, chain, label (teacher | ta | init | via-ta | direct | baseline-<m>), stage, model, method, teacher,
+dataset, seed, metric, value. Interval: mean ± t-based 95 % half-width across seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from takd.evaluate.metrics import mean_ci95
+
+LABEL_ORDER = ["teacher", "ta", "init", "via-ta", "direct", "baseline-sft", "baseline-kd", "baseline-seqkd"]
+
+
+def collect(run_dirs: list[str | Path]) -> pd.DataFrame:
+    frames = []
+    for run in map(Path, run_dirs):
+        plan = yaml.safe_load((run / "plan.yaml").read_text()) if (run / "plan.yaml").is_file() else {}
+        for f in sorted((run / "stages").glob("eval-*/results.csv")):
+            df = pd.read_csv(f)
+            df.insert(0, "run", run.name)
+            df.insert(1, "chain", ",".join(plan.get("chain", [])))
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=["run", "chain", "label", "stage", "model", "method", "dataset", "seed", "metric",
+                                     "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
+    """Mean and 95 % half-width over seeds per (run, label, stage, model, dataset)."""
+    rows = []
+    keys = ["run", "label", "stage", "model", "dataset"]
+    for key, grp in df[df["metric"] == metric].groupby(keys, sort=False):
+        mean, ci = mean_ci95(grp.sort_values("seed")["value"].tolist())
+        rows.append({**dict(zip(keys, key, strict=True)), "mean": mean, "ci95": ci, "seeds": len(grp)})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["order"] = out["label"].map({k: i for i, k in enumerate(LABEL_ORDER)}).fillna(99)
+    return out.sort_values(["run", "dataset", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def direct_vs_ta(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
+    """Per dataset: student via TA − direct, paired by seed, with its 95 % interval."""
+    rows = []
+    sel = df[(df["metric"] == metric) & df["label"].isin(["via-ta", "direct"])]
+    for (run, ds), grp in sel.groupby(["run", "dataset"]):
+        wide = grp.pivot_table(index="seed", columns="label", values="value")
+        if {"via-ta", "direct"} <= set(wide.columns):
+            diff = (wide["via-ta"] - wide["direct"]).dropna().tolist()
+            mean, ci = mean_ci95(diff)
+            rows.append({"run": run, "dataset": ds, "via_ta": wide["via-ta"].mean(), "direct": wide["direct"].mean(),
+                         "delta": mean, "ci95": ci, "seeds": len(diff)})
+    return pd.DataFrame(rows)
+
+
+def print_summary(run_dir: str | Path) -> None:
+    df = collect([run_dir])
+    if df.empty:
+        print("no evaluation results yet")
+        return
+    (Path(run_dir) / "results.csv").write_text(df.to_csv(index=False))
+    s = summary(df)
+    print("\nRouge-L (mean ± 95% CI over seeds):")
+    for _, r in s.iterrows():
+        print(f"  {r['dataset']:9s} {r['label']:15s} {r['stage']:32s} {r['mean']:6.2f} ± {r['ci95']:.2f}")
+    d = direct_vs_ta(df)
+    for _, r in d.iterrows():
+        print(f"\n{r['dataset']}: student via TA {r['via_ta']:.2f} vs direct {r['direct']:.2f}: "
+              f"delta {r['delta']:+.2f} ± {r['ci95']:.2f} ({r['seeds']} seeds)")
+    print(f"\nall rows: {Path(run_dir) / 'results.csv'}")

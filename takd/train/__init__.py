@@ -1,0 +1,1 @@
+"""Training stages: typed configs, the backend seam (torch | DeepSpeed), the shared loop, the methods."""

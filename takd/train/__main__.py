@@ -1,0 +1,5 @@
+import sys
+
+from takd.train.cli import main
+
+sys.exit(main())

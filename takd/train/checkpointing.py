@@ -1,0 +1,112 @@
+"""A stage's checkpoints and hand-offs: the collective save protocol, resume, HF exports and `final/`.
+
+A checkpoint `<stage>/checkpoints/step-NNNNNN/` holds the HF weights and tokenizer (rank 0), the backend's optimizer
+and schedule state (every rank's shards under DeepSpeed), one RNG file per rank and the trainer state (step, best
+metric, data positions, the method's own state). Every rank writes into one temporary directory; rank 0 adds the
+rest, marks it complete and renames it into place (`takd.checkpoint`): a kill at any point leaves the previous
+complete checkpoint as the newest.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from takd import checkpoint as ckpt
+from takd import dist
+from takd.models.loading import load_model
+from takd.train.backend import Backend
+
+STATE_FILE = "trainer_state.pt"
+Exporter = Callable[[Path, "dict[str, torch.Tensor] | None", "dict[str, Any]"], None]
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random state (CPU, and the current CUDA device's when there is one: dropout draws there)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def rank_rng_file(directory: str | Path, rank: int) -> Path:
+    """Each rank's random state lives in its own file of a checkpoint (ranks draw different dropout)."""
+    return Path(directory) / f"rng-rank{rank:03d}.pt"
+
+
+def load_trainer_state(directory: str | Path) -> dict[str, Any]:
+    # our own file (counters, samplers, the method's state): trusted, so full unpickling is fine
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+class Checkpointer:
+    """Saves, restores and exports one stage's student. `export_hf(directory, state_dict, extra)` writes an HF
+    directory (weights, tokenizer, takd metadata); every method here is collective: all ranks call it."""
+
+    def __init__(self, out: Path, backend: Backend, export_hf: Exporter, keep: int):
+        self.root = out / "checkpoints"
+        self.backend, self.export_hf, self.keep = backend, export_hf, keep
+        self.rank = backend.rank
+
+    def latest(self) -> Path | None:
+        return ckpt.latest_checkpoint(self.root)
+
+    def save(self, step: int, trainer_state: dict[str, Any]) -> Path:
+        final = ckpt.step_dir(self.root, step)
+        tmp = self.root / f".tmp-{final.name}"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        self.backend.save_state(tmp)
+        torch.save(rng_state(), rank_rng_file(tmp, self.rank))
+        weights = self.backend.full_state_dict()
+        dist.barrier()
+        if self.rank == 0:
+            self.export_hf(tmp, weights, {"step": step})
+            torch.save(trainer_state, tmp / STATE_FILE)
+            ckpt.commit_directory(tmp, final)
+            ckpt.prune(self.root, self.keep)
+        dist.barrier()
+        return final
+
+    def restore(self, directory: Path) -> dict[str, Any]:
+        """The backend's state and this rank's RNG from `directory`; returns the trainer state to apply."""
+        self.backend.load_state(directory)
+        set_rng_state(torch.load(rank_rng_file(directory, self.rank), weights_only=False))
+        return load_trainer_state(directory)
+
+    def export(self, directory: Path, extra: dict[str, Any] | None = None, verify: bool = False) -> None:
+        """The current weights as an HF directory, written atomically by rank 0. verify: load it back before
+        marking it complete (a stage never hands off weights that do not load)."""
+        weights = self.backend.full_state_dict()
+        if self.rank == 0:
+            with ckpt.atomic_directory(directory) as d:
+                self.export_hf(d, weights, extra or {})
+                if verify:
+                    load_model(str(d))
+        dist.barrier()
+
+    def promote(self, best: Path, final: Path) -> None:
+        """Copy the kept best checkpoint to `final/`, verified loadable."""
+        if self.rank == 0:
+            with ckpt.atomic_directory(final) as d:
+                for f in best.iterdir():
+                    if f.name != ckpt.COMPLETE:
+                        shutil.copy2(f, d / f.name)
+                load_model(str(d))
+        dist.barrier()

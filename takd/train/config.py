@@ -1,0 +1,255 @@
+"""The configuration of one training stage (torch-free), typed per method.
+
+A stage trains one student from its init with one method and writes an HF directory to `<output_dir>/final`.
+`StageConfig` holds what every method shares; `SFTStage`, `KDStage`, `SeqKDStage` and `MiniLLMStage` add only
+their own sections, so an SFT stage carries no KD or MiniLLM keys. The dataclass defaults are the MiniLLM
+reference's values (reference §4, §5), the single source of every default: `python -m takd.train --method minillm
+--show-config` prints them. Each number's unit is in its name or comment.
+
+    python -m takd.train --config stage.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from takd import config as cfglib
+from takd.config import check
+
+Method = Literal["sft", "kd", "seqkd", "minillm"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+DIVERGENCES = ("fkl", "rkl", "tvd", "jsd", "skl", "srkl")  # = takd.losses.KINDS (tested); names only, no torch
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule. Defaults: the reference's SFT/KD optimiser (finetune.py, reference §4)."""
+
+    lr: float = 5e-5  # peak learning rate (per model size in the chain profiles: 5e-4 GPT-2 120M ... 1e-5 OPT-13B)
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: Literal["constant", "cosine"] = "cosine"  # after warmup: hold, or cosine-decay to min_lr
+    warmup_steps: int = 0  # optimizer steps of linear warmup
+    min_lr: float = 1e-7  # floor of the cosine schedule
+    grad_clip_norm: float = 1.0  # global L2 norm; 0 disables
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)")
+        check(self.grad_clip_norm >= 0, "optim.grad_clip_norm must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class KDConfig:
+    """Word-level KD: (1 − kd_ratio)·CE(gold) + kd_ratio·divergence(teacher, student) (reference §5)."""
+
+    kd_ratio: float = 0.5  # weight of the divergence term, in [0, 1]
+    divergence: str = "fkl"  # fkl (reference) | rkl | tvd | jsd | skl | srkl
+    beta: float = 0.5  # jsd mixing weight
+    lam: float = 0.1  # skl/srkl skew
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.kd_ratio <= 1.0, f"kd.kd_ratio must be in [0, 1], got {self.kd_ratio}")
+        check(self.divergence in DIVERGENCES,
+              f"kd.divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+        check(0 < self.beta < 1 and 0 < self.lam < 1, "kd.beta and kd.lam must be in (0, 1)")
+
+    def params(self) -> dict[str, float]:
+        return {"jsd": {"beta": self.beta}, "skl": {"lam": self.lam}, "srkl": {"lam": self.lam}}.get(
+            self.divergence, {})
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter (reference)
+    top_p: float = 1.0  # 1 = no nucleus filter (reference)
+
+    def __post_init__(self) -> None:
+        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        check(self.top_k >= 0 and 0 < self.top_p <= 1, "top_k must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass
+class SeqKDConfig:
+    """SeqKD: the teacher samples one response per training prompt, then the student trains on them.
+
+    `loss: kd` is what the reference's scripts run (word-level KD on teacher outputs, reference §5 caveat 2);
+    `loss: sft` is the paper's description (plain SFT on teacher outputs).
+    """
+
+    loss: Literal["kd", "sft"] = "kd"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # reference: top_k 0, top_p 1, T 1
+    generation_batch_size: int = 16  # prompts per teacher generate call
+
+
+@dataclass
+class MiniLLMConfig:
+    """MiniLLM (reference §2–§4). Defaults = the reference code; paper variants and ablations are switches."""
+
+    alpha: float = 0.2  # teacher-mix weight α in p̃ = α·p + (1−α)·q; 0 = sample from the student alone (ablation)
+    gamma: float = 0.95  # discount (code); the paper has no discount: gamma=1
+    length_norm: bool = True  # divide the return by the number of remaining tokens
+    whiten: bool = True  # whiten advantages over the padded batch (code); false = paper
+    single_step: bool = True  # add the exact per-position reverse KL term
+    clip: float = 0.2  # PPO clip ε on ρ = q_θ/p̃
+    reward_scaling: float = 0.5  # rewards divided by this (no effect on the gradient when whitening)
+    reward_clip: float = 100.0  # rewards clipped to ±this after scaling
+    ppo_epochs: int = 4  # passes over each rollout buffer
+    num_rollouts: int = 256  # prompts per rollout collection (global)
+    rollout_batch_size: int = 16  # prompts per sampling call per process (the reference's `chunk_size`)
+    pt_loss: Literal["lm+kd", "lm", "none"] = "lm+kd"  # pretraining term (code: 0.5·LM + 0.5·KD; paper: LM)
+    kd_ratio: float = 0.5  # KD share of the PT loss
+    lm_coef: float = 1.0  # weight of the PT loss in the total
+    pt_chunk_tokens: int = 512  # tokens per packed pretraining chunk
+    log_student_rev_kl: bool = True  # α > 0: an extra student-only rollout per round, for the rev-KL log only
+    # false: the sampled tokens' log-probs come from the sampler's own per-step distributions (same values up to
+    # float rounding, tested); true: the reference's fresh student and teacher forwards after sampling
+    rescore: bool = False
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.alpha <= 1.0, f"minillm.alpha must be in [0, 1], got {self.alpha}")
+        check(0.0 < self.gamma <= 1.0, f"minillm.gamma must be in (0, 1], got {self.gamma}")
+        check(0.0 < self.clip < 1.0, f"minillm.clip must be in (0, 1), got {self.clip}")
+        check(self.ppo_epochs >= 1 and self.num_rollouts >= 1, "minillm.ppo_epochs and num_rollouts must be >= 1")
+        check(self.reward_scaling > 0, "minillm.reward_scaling must be > 0")
+        check(0.0 <= self.kd_ratio <= 1.0, f"minillm.kd_ratio must be in [0, 1], got {self.kd_ratio}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """The student as a DeepSpeed engine. Always on when the stage runs as several processes."""
+
+    enabled: bool = False  # also for a single process (e.g. to test the engine path)
+    zero_stage: int = 1  # 1: optimizer states sharded | 2: + gradients | 3: + weights (forwards become collective)
+    offload_optimizer: bool = False  # ZeRO-3 only: fp32 master weights and Adam moments in host memory
+    # replicated: a frozen copy of the teacher per process | zero3: an inference-only ZeRO-3 engine (weights sharded)
+    teacher_placement: Literal["replicated", "zero3"] = "replicated"
+    # ZeRO-3: gather the student's weights whole while it generates (rollouts, validation): one all-gather per batch
+    # instead of one per layer per token, at the cost of its full bf16 weights on every GPU meanwhile
+    gather_for_generation: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.zero_stage in (1, 2, 3), f"deepspeed.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        check(not self.offload_optimizer or self.zero_stage == 3,
+              "deepspeed.offload_optimizer needs deepspeed.zero_stage=3")
+
+
+@dataclass
+class StageConfig:
+    """What every method shares. Defaults: the reference's supervised runs (finetune.py, reference §4)."""
+
+    name: str = "stage"
+    method: Method = "sft"
+    student: str = "tiny-s"  # init: registry name, HF id, or HF directory
+    teacher: str | None = None  # registry name / HF dir; required by kd, seqkd, minillm
+    dataset: str = "builtin"  # builtin | dolly | ... | path/to/file.jsonl
+    output_dir: str = "runs/stage"
+    seed: int = 10
+    max_steps: int = 4000  # optimizer steps (~10 epochs of Dolly's 12.4K prompts at 32 sequences per step)
+    micro_batch_size: int = 8  # sequences per forward pass
+    grad_accum_steps: int = 4  # micro-batches per optimizer step
+    max_prompt_tokens: int = 256  # longer prompts are dropped (reference)
+    max_new_tokens: int = 256  # response tokens (generation and training targets)
+    eval_every_steps: int = 50  # 0 = only at the end
+    eval_prompts: int = 200  # validation prompts for in-training Rouge-L
+    save_every_steps: int = 50  # checkpoint cadence (optimizer steps)
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    # which checkpoint becomes `final`: teacher and SFT baseline best validation Rouge-L; inits `loss` (reference §1)
+    select_by: Literal["rouge_l", "loss", "last"] = "rouge_l"
+    log_every_steps: int = 10
+    dtype: Dtype = "float32"
+    tensorboard: bool = True
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def __post_init__(self) -> None:
+        check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        check(self.micro_batch_size >= 1 and self.grad_accum_steps >= 1,
+              "micro_batch_size and grad_accum_steps must be >= 1")
+        check(self.method == "sft" or bool(self.teacher),
+              f"method {self.method!r} needs a teacher: set teacher=<model name or HF directory>")
+        check(self.save_every_steps >= 1, "save_every_steps must be >= 1")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+
+@dataclass
+class SFTStage(StageConfig):
+    """SFT w/o KD: response-only cross-entropy on gold responses (reference §5)."""
+
+    method: Literal["sft"] = "sft"
+
+
+@dataclass
+class KDStage(StageConfig):
+    """Word-level KD on gold responses, teacher-forced (reference §5)."""
+
+    method: Literal["kd"] = "kd"
+    kd: KDConfig = field(default_factory=KDConfig)
+
+
+@dataclass
+class SeqKDStage(KDStage):
+    """SeqKD: KD (or SFT) on one teacher sample per training prompt (reference §5)."""
+
+    method: Literal["seqkd"] = "seqkd"
+    seqkd: SeqKDConfig = field(default_factory=SeqKDConfig)
+
+
+def _minillm_optim() -> OptimConfig:
+    # reference §2b: AdamW (0.9, 0.95), eps 1e-8, weight decay 1e-6, 100 warmup steps then constant 5e-6
+    return OptimConfig(lr=5e-6, weight_decay=1e-6, beta1=0.9, beta2=0.95, schedule="constant", warmup_steps=100)
+
+
+@dataclass
+class MiniLLMStage(StageConfig):
+    """MiniLLM: reverse-KL policy gradient on teacher-mixed rollouts (reference §2-§4)."""
+
+    method: Literal["minillm"] = "minillm"
+    max_steps: int = 5000  # optimizer steps (total_iters)
+    micro_batch_size: int = 4  # PPO micro-batch per process
+    grad_accum_steps: int = 4  # global mini-batch = micro x accum x processes (reference: 64)
+    eval_every_steps: int = 100
+    save_every_steps: int = 500
+    pt_dataset: str | None = "builtin"  # pretraining corpus for the PT loss (builtin | path prefix)
+    optim: OptimConfig = field(default_factory=_minillm_optim)
+    minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
+
+
+STAGE_CLASSES: dict[str, type[StageConfig]] = {"sft": SFTStage, "kd": KDStage, "seqkd": SeqKDStage,
+                                               "minillm": MiniLLMStage}
+METHOD_SECTIONS = ("kd", "seqkd", "minillm", "pt_dataset")  # keys only some methods have
+
+
+def stage_class(method: object, where: str = "stage") -> type[StageConfig]:
+    if not isinstance(method, str) or method not in STAGE_CLASSES:
+        raise cfglib.ConfigError(f"{where}: method: expected one of {', '.join(map(repr, STAGE_CLASSES))}, "
+                                 f"got {method!r}")
+    return STAGE_CLASSES[method]
+
+
+def stage_config(method: str = "sft", **fields) -> StageConfig:
+    """The stage config of `method` with its reference defaults, `fields` set (validated)."""
+    return stage_class(method)(method=method, **fields)
+
+
+def from_mapping(data: dict, source: str) -> StageConfig:
+    """A stage config from a plain mapping; its `method` (default sft) picks the class."""
+    method = data.get("method", "sft")
+    return cfglib.from_dict(stage_class(method, source), {**data, "method": method}, source)
+
+
+def load_stage(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
+    """A stage YAML (e.g. a planned run's `stages/<stage>/stage.yaml`), then `key=value` overrides."""
+    data = cfglib.apply_overrides(cfglib.read_yaml(path), overrides or [])
+    return from_mapping(data, str(path))

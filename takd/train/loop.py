@@ -1,0 +1,223 @@
+"""The training loop every method shares.
+
+`Trainer.run()` reads top to bottom: set up (seed, backend, tokenizer, models, data, optimizer), resume from the
+newest complete checkpoint if there is one, then for each optimizer step: gather the step's micro-batches, compute
+each one's loss terms, back-propagate with token-count weights, step; log, validate, checkpoint; finally hand off
+`final/`. A method says only what a micro-batch is (`micro_batches`), what its loss is (`loss_terms`) and what state
+of its own a checkpoint must carry (`method_state`); the math lives in `takd.losses` / `takd.train.minillm`, the
+"plain torch or DeepSpeed" decision in `takd.train.backend`.
+
+Resumability: re-running the same command resumes from the newest complete checkpoint and continues the same
+trajectory (CPU: bit-identical up to float reassociation). A stage whose `final/` is complete is not re-run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from takd import checkpoint as ckpt
+from takd import dist
+from takd.data.examples import EpochSampler, Example, collate_sft, encode_rows
+from takd.data.rows import load_rows
+from takd.evaluate.metrics import score
+from takd.models.loading import check_same_tokenizer, load_tokenizer_for, model_dir
+from takd.models.registry import base_model_name, write_model_meta
+from takd.train.backend import create_backend
+from takd.train.checkpointing import Checkpointer
+from takd.train.config import StageConfig
+from takd.train.metrics_log import MetricsLog, progress_bar
+from takd.train.validation import BestKeeper, validation_generations, validation_loss
+
+
+class Trainer:
+    """Shared loop. Subclasses define `loss_terms` (and optionally `micro_batches`, `build_train_examples`,
+    `extra_validation`, `method_state` / `load_method_state`)."""
+
+    needs_teacher = False
+
+    def __init__(self, cfg: StageConfig):
+        self.cfg = cfg
+        self.out = cfg.out
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------------ run
+    def run(self) -> Path:
+        final = self.out / "final"
+        if ckpt.is_complete(final):
+            print(f"[{self.cfg.name}] already complete: {final}", flush=True)
+            return final
+        self.setup()
+        if self.resume_from is not None:
+            self.restore(self.resume_from)
+        self.log_setup()
+        self.train()
+        return self.finish()
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.backend = create_backend(cfg)
+        self.rank, self.world = self.backend.rank, self.backend.world
+        if self.rank == 0:  # tiny models are built on first use: once, by one process, never inside zero.Init
+            for name in filter(None, (cfg.student, cfg.teacher if self.needs_teacher else None)):
+                model_dir(name)
+        dist.barrier()
+        self.resume_from = ckpt.latest_checkpoint(self.out / "checkpoints")
+        self.tokenizer = load_tokenizer_for(cfg.student)
+        self.student = self.backend.load_student(str(self.resume_from) if self.resume_from else cfg.student)
+        self.teacher = self.load_teacher() if (self.needs_teacher and cfg.teacher) else None
+        self.train_examples = self.build_train_examples()
+        self.valid_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
+                                          cfg.max_new_tokens)[: cfg.eval_prompts]
+        self.sampler = EpochSampler(len(self.train_examples), seed=cfg.seed)
+        self.backend.prepare(self.student)
+        self.metrics = MetricsLog(self.out, cfg.name, enabled=self.rank == 0, tensorboard=cfg.tensorboard)
+        self.best = BestKeeper(cfg.select_by)
+        self.checkpoints = Checkpointer(self.out, self.backend, self.export_hf, cfg.keep_checkpoints)
+        self.student.train()
+
+    def load_teacher(self) -> torch.nn.Module:
+        check_same_tokenizer(self.tokenizer, load_tokenizer_for(self.cfg.teacher), self.cfg.student,
+                             self.cfg.teacher)
+        return self.backend.load_teacher(self.cfg.teacher)
+
+    def build_train_examples(self) -> list[Example]:
+        cfg = self.cfg
+        return encode_rows(load_rows(cfg.dataset, "train", seed=0), self.tokenizer, cfg.max_prompt_tokens,
+                           cfg.max_new_tokens)
+
+    def log_setup(self) -> None:
+        if self.rank != 0:
+            return
+        cfg = self.cfg
+        seqs = cfg.micro_batch_size * cfg.grad_accum_steps * self.world
+        sharded = " (ZeRO-3 sharded)" if self.backend.teacher_sharded else ""
+        teacher = f", teacher {cfg.teacher}{sharded}" if self.teacher is not None else ""
+        print(f"[{cfg.name}] {cfg.method}: student {cfg.student} ({self.backend.parameter_count() / 1e6:.2f}M params)"
+              f"{self.backend.describe()}{teacher}; {len(self.train_examples)} train examples, "
+              f"{len(self.valid_examples)} valid; {seqs} sequences/step ({cfg.micro_batch_size}x{cfg.grad_accum_steps}"
+              f"x{self.world}), {cfg.max_steps} steps -> {self.out}", flush=True)
+        if self.resume_from is not None:
+            print(f"[{cfg.name}] resumed from {self.resume_from} at step {self.step}", flush=True)
+
+    # ------------------------------------------------------------------------------------------ method hooks
+    def micro_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The micro-batches of one optimizer step: every rank draws the same global micro-batch and keeps its own
+        slice of it."""
+        m = self.cfg.micro_batch_size
+        batches = []
+        for _ in range(self.cfg.grad_accum_steps):
+            idx = self.sampler.next_indices(m * self.world)[self.rank * m: (self.rank + 1) * m]
+            batches.append(collate_sft([self.train_examples[i] for i in idx], self.tokenizer.pad_token_id))
+        return batches
+
+    def micro_weight(self, batch: dict[str, torch.Tensor]) -> float:
+        """Target tokens in a micro-batch: the step's loss is Σ tokens·mean / Σ tokens (accumulation-exact)."""
+        return float((batch["labels"][:, 1:] >= 0).sum())
+
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_validation(self) -> dict[str, float]:
+        return {}
+
+    def method_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def train(self) -> None:
+        cfg = self.cfg
+        bar = progress_bar(self.step, cfg.max_steps, cfg.name, enabled=self.rank == 0)
+        t_last = time.time()
+        while self.step < cfg.max_steps:
+            terms = self.optimizer_step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
+            if self.step % cfg.log_every_steps == 0 or self.step == cfg.max_steps:
+                now = time.time()
+                self.metrics.log(self.step, {**terms, "lr": self.backend.lr,
+                                             "sec_per_step": (now - t_last) / cfg.log_every_steps})
+                t_last = now
+            if (cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0) or self.step == cfg.max_steps:
+                self.validate()
+            if self.step % cfg.save_every_steps == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+
+    def optimizer_step(self) -> dict[str, float]:
+        """One optimizer step. Micro-batch i of rank r gets weight w_ri·W / Σ w (W ranks, Σ over all ranks), so the
+        rank-averaged gradient equals the gradient of the global token mean (accumulation- and rank-exact)."""
+        batches = self.micro_batches()
+        weights = [self.micro_weight(b) for b in batches]
+        (total,) = dist.all_reduce_sum([sum(weights)])
+        total = total or 1.0
+        sums: dict[str, float] = defaultdict(float)
+        for batch, w in zip(batches, weights, strict=True):
+            terms = self.loss_terms(dist.to_device(batch, self.backend.device))
+            self.backend.backward(terms["loss"] * (w * self.world / total))
+            for k, v in terms.items():
+                sums[k] += float(v.detach()) * w / total
+        grad_norm = self.backend.step()
+        keys = sorted(sums)
+        out = dict(zip(keys, dist.all_reduce_sum([sums[k] for k in keys]), strict=True))
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        return out
+
+    # ------------------------------------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float]:
+        """Every rank takes part (the work is sharded) and gets the same metrics; rank 0 logs them."""
+        cfg = self.cfg
+        metrics = {"val_loss": validation_loss(self.student, self.valid_examples, self.tokenizer.pad_token_id,
+                                               cfg.micro_batch_size, self.backend.device)}
+        if cfg.eval_prompts:
+            with self.backend.generating():
+                preds = validation_generations(self.student, self.tokenizer, self.valid_examples, seed=cfg.seed,
+                                               max_new_tokens=cfg.max_new_tokens, synced=self.backend.lockstep)
+            metrics.update({f"val_{k}": v for k, v in score(preds, [e.row for e in self.valid_examples]).items()})
+        metrics.update(self.extra_validation())
+        self.metrics.log(self.step, metrics, kind="eval")
+        if self.best.improves(metrics):
+            self.checkpoints.export(self.out / "best", extra={"step": self.step, "select_by": cfg.select_by,
+                                                              **metrics})
+        return metrics
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def export_hf(self, directory: Path, state_dict: dict[str, torch.Tensor] | None, extra: dict[str, Any]) -> None:
+        self.student.save_pretrained(directory, state_dict=state_dict)
+        self.tokenizer.save_pretrained(directory)
+        write_model_meta(directory, base=base_model_name(self.cfg.student), stage=self.cfg.name,
+                         method=self.cfg.method, **extra)
+
+    def save_checkpoint(self) -> None:
+        self.checkpoints.save(self.step, {"step": self.step, "best": self.best.best,
+                                          "sampler": self.sampler.state_dict(), "method": self.method_state()})
+
+    def restore(self, directory: Path) -> None:
+        state = self.checkpoints.restore(directory)
+        self.step, self.best.best = state["step"], state["best"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.load_method_state(state["method"])
+        self.metrics.truncate_after(self.step)
+
+    def finish(self) -> Path:
+        """Write `final/`: the best checkpoint by `select_by` (or the last weights), verified loadable."""
+        final, best = self.out / "final", self.out / "best"
+        if self.cfg.select_by != "last" and ckpt.is_complete(best):
+            self.checkpoints.promote(best, final)
+        else:
+            self.checkpoints.export(final, extra={"step": self.step}, verify=True)
+        self.metrics.close()
+        if self.rank == 0:
+            print(f"[{self.cfg.name}] final model: {final}", flush=True)
+        return final

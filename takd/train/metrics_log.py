@@ -1,0 +1,53 @@
+"""A stage's metrics: `metrics.jsonl` (one JSON row per logged step), TensorBoard scalars, and the console's eval
+line. Only rank 0 writes. On resume, rows logged after the checkpoint are dropped, since they will be logged again."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, out: Path, stage: str, enabled: bool, tensorboard: bool):
+        self.file = out / "metrics.jsonl"
+        self.stage, self.enabled, self.tensorboard = stage, enabled, tensorboard
+        self.writer = None
+
+    def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "kind": kind, **{k: float(v) for k, v in metrics.items()}}
+        with open(self.file, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if kind == "eval":
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            print(f"[{self.stage}] step {step} eval: {shown}", flush=True)
+        if self.tensorboard:
+            if self.writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.file.parent / "tb"))
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"{kind}/{k}", v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after `step` (a resumed run logs them again)."""
+        if not self.enabled or not self.file.is_file():
+            return
+        rows = [json.loads(line) for line in self.file.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r["step"] <= step]
+        self.file.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def progress_bar(initial: int, total: int, name: str, enabled: bool = True):
+    """tqdm on stderr; in a batch log (no terminal) it updates every 30 s instead of every step."""
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=name, file=sys.stderr, dynamic_ncols=True, disable=not enabled,
+                mininterval=0.5 if interactive else 30.0)

@@ -1,0 +1,77 @@
+"""MiniLLM's rollout buffer: the scored samples of one round and the PPO passes over them, with its state_dict.
+
+A round's samples stay fixed for `ppo_epochs` shuffled passes (reference §2a: rewards, w and old log-probs are
+not recomputed); each pass drops the last incomplete global micro-batch (the reference's drop_last). The buffer
+is global (gathered from every rank, in the order of the round's prompt stream) and every global micro-batch is
+sliced by rank, so N ranks take the same steps as one process. Samples, pass order and counters are part of a
+checkpoint: a resumed run continues mid-round on the same samples.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from takd.sampling import collate_sequences, pad_right
+
+
+@dataclass
+class Sample:
+    """One scored rollout; per-token lists have the response length L (valid tokens only)."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logq_old: list[float]  # log q_old(y_t): the student at rollout time
+    weights: list[float]  # w_t = q_old(y_t) / p̃(y_t)
+    rewards: list[float]  # r_t = log p(y_t) − log q_old(y_t), scaled and clipped
+    position: int = 0  # place in its round's global prompt stream (the gathered buffer's order)
+
+
+def collate_rollouts(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """`collate_sequences` plus the per-token rollout tensors [B, T] (zero/one padded)."""
+    return {
+        **collate_sequences([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id),
+        "logq_old": pad_right([s.logq_old for s in samples], 0.0, torch.float32),
+        "weights": pad_right([s.weights for s in samples], 1.0, torch.float32),
+        "rewards": pad_right([s.rewards for s in samples], 0.0, torch.float32),
+    }
+
+
+@dataclass
+class RolloutBuffer:
+    seed: int
+    ppo_epochs: int
+    samples: list[Sample] = field(default_factory=list)
+    pass_order: list[int] = field(default_factory=list)  # buffer indices left in the current PPO pass
+    passes_left: int = 0  # PPO passes still to make over the current samples
+    round: int = 0  # rollout collections so far
+
+    def next_micro_batch(self, per_rank: int, world: int, rank: int,
+                         collect: Callable[[int], list[Sample]]) -> list[Sample]:
+        """This rank's `per_rank` samples of the next global micro-batch (per_rank × world samples). When the
+        buffer is spent, `collect(round)` draws the next round's samples (every rank gets the same list)."""
+        global_size = per_rank * world
+        if len(self.pass_order) < global_size:
+            if self.passes_left <= 0:
+                self.samples = collect(self.round)
+                self.round += 1
+                self.passes_left = self.ppo_epochs
+            rng = random.Random(f"{self.seed}-{self.round}-{self.passes_left}")
+            order = list(range(len(self.samples)))
+            rng.shuffle(order)
+            self.pass_order = order[: len(order) - len(order) % global_size]  # drop_last
+            self.passes_left -= 1
+        idx, self.pass_order = self.pass_order[:global_size], self.pass_order[global_size:]
+        return [self.samples[i] for i in idx[rank * per_rank: (rank + 1) * per_rank]]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples": [asdict(x) for x in self.samples], "pass_order": self.pass_order,
+                "passes_left": self.passes_left, "round": self.round}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.samples = [Sample(**x) for x in state["samples"]]
+        self.pass_order, self.passes_left, self.round = state["pass_order"], state["passes_left"], state["round"]
