@@ -61,7 +61,7 @@ def takd_cycle_time(student: Path, teacher: Path, work: Path, args, alpha: float
 
     cfg = stage_config("minillm", name="bench", student=str(student), teacher=str(teacher),
                        output_dir=str(work / f"takd-{alpha}-{time.time_ns()}"), max_steps=10**6,
-                       micro_batch_size=args.micro, grad_accum_steps=1, max_new_tokens=args.tokens,
+                       micro_batch_size=args.micro, batch_size=args.micro, max_new_tokens=args.tokens,
                        max_prompt_tokens=256, eval_prompts=0, tensorboard=False, seed=1)
     m = cfg.minillm
     m.num_rollouts, m.rollout_batch_size, m.ppo_epochs, m.pt_loss = args.batch, args.batch, args.epochs, "none"

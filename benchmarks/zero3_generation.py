@@ -37,11 +37,11 @@ def student_engine(hidden: int, layers: int):
     cfg = OPTConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
                     ffn_dim=4 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=2048, dropout=0.0)
     model = OPTForCausalLM(cfg).eval()
-    stage = stage_config(micro_batch_size=1, grad_accum_steps=1,
+    stage = stage_config(micro_batch_size=1, batch_size=distributed.world_size(),
                          deepspeed=DeepSpeedConfig(enabled=True, zero_stage=3))
     backend = DeepSpeedBackend(stage)
     backend.module = model
-    backend.prepare(model)
+    backend.prepare(model, total_steps=1)
     return model, backend
 
 

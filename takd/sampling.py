@@ -14,10 +14,18 @@ step), and the token is the inverse CDF of p̃ at that uniform. A sample then de
 prompt, not on the other prompts in its batch or on which rank drew it: the same rollouts on 1 or N processes.
 Under ZeRO-3 (`synced`) every rank keeps stepping until every rank's rows have ended, since each forward is a
 collective; rows that already ended decode padding, which the response mask removes.
+
+Sampling filters (top-k, top-p): each model's logits go through its own filter for the mixture, as in the reference
+fork. What the loss needs is recorded on the *student's* kept set S_t (its filtered support at rollout time,
+`kept_ids`): log q(y_t) and the teacher's log-probability renormalised over S_t, both −inf when a teacher-mixed
+token fell outside S_t (the reference applies the student's rollout-time mask to both distributions and drops such
+positions). The models run in eval mode while decoding (KV caches on, no dropout), whatever mode they were in.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +47,10 @@ class Rollout:
     # With record_logprobs: log-probabilities of the sampled tokens under each model, at sampling time [B, T]
     student_logprobs: torch.Tensor | None = None  # log q(y_t), sampling processors applied
     teacher_logprobs: torch.Tensor | None = None  # log p(y_t), full vocabulary, no processors (the reward's)
-    teacher_mix_logprobs: torch.Tensor | None = None  # log p(y_t), sampling processors applied (the mixture's)
+    # log p(y_t) of the teacher after temperature, renormalised over the student's kept set (the mixture's weight)
+    teacher_mix_logprobs: torch.Tensor | None = None
+    # with a sampling filter: the student's kept token ids at each step, [B, T, K] (rows padded with their first id)
+    kept_ids: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -72,6 +83,49 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
     return logits
 
 
+def is_filtered(temperature: float, top_k: int, top_p: float) -> bool:
+    """Any sampling processor at all (temperature included)."""
+    return not (temperature == 1.0 and top_k == 0 and top_p >= 1.0)
+
+
+def restricts(top_k: int, top_p: float) -> bool:
+    """A filter that removes tokens from the support (top-k or top-p), so kept sets must be recorded."""
+    return top_k > 0 or top_p < 1.0
+
+
+def restricted_logits(logits: torch.Tensor, temperature: float, kept_ids: torch.Tensor | None) -> torch.Tensor:
+    """logits / temperature with every id outside `kept_ids` set to −inf (float32). logits [..., V], kept_ids
+    [..., K] (padded with repeats) or None for no restriction."""
+    logits = upcast(logits) / temperature if temperature != 1.0 else upcast(logits)
+    if kept_ids is None:
+        return logits
+    keep = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter_(-1, kept_ids, True)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def kept_set(filtered_logits: torch.Tensor) -> torch.Tensor:
+    """The ids of the finite entries of filtered logits [B, V] as [B, K] (K = the largest kept count; shorter rows
+    padded with their first id): the largest logits are the kept ones, so top-K finds them."""
+    counts = torch.isfinite(filtered_logits).sum(-1)
+    ids = torch.topk(filtered_logits, int(counts.max()), dim=-1).indices
+    pad = torch.arange(ids.shape[-1], device=ids.device)[None] >= counts[:, None]
+    return torch.where(pad, ids[:, :1], ids)
+
+
+@contextlib.contextmanager
+def decoding(*models) -> Iterator[None]:
+    """Eval mode for the length of a decode (HF turns KV caches off in train mode under gradient checkpointing),
+    then each model's previous mode."""
+    modes = [(m, m.training) for m in models if m is not None]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.train(was)
+
+
 def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
     """(x·m) mod 2³² for 0 ≤ x < 2³², in int64 without overflow (the product is split in 16-bit halves of m)."""
     return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _M32
@@ -84,6 +138,14 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     x = x ^ (x >> 15)
     x = _mul32(x, 0x846CA68B)
     return x ^ (x >> 16)
+
+
+def stream_keys(seed: int, stream: int, positions) -> torch.Tensor:
+    """Per-row sampling keys: (seed, stream) in the high 31 bits, the row's position in its stream in the low 32.
+    A stream is one use of sampling (a MiniLLM rollout round, validation, SeqKD data), a position one prompt's place
+    in it: the same prompt at the same place draws the same sample whatever batch or rank it lands in."""
+    high = (seed * 1_000_003 + stream) % 2**31
+    return torch.tensor([high * 2**32 + p for p in positions], dtype=torch.long)
 
 
 def row_uniforms(row_keys: torch.Tensor, step: int) -> torch.Tensor:
@@ -142,20 +204,30 @@ def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torc
     generator: draws with torch.multinomial (the batch shares one stream); row_keys [B] int64: each row draws from
     its own keyed stream (batch- and rank-invariant). record_logprobs: also return each sampled token's
     log-probability under every model that ran (the same values a fresh forward over prompt + response gives, up
-    to float rounding), so scoring needs no second pass. synced: stop only when every rank's rows have ended.
+    to float rounding), so scoring needs no second pass. With a sampling filter the student's kept set of every step
+    is recorded too. synced: stop only when every rank's rows have ended.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    with decoding(student if alpha < 1.0 else None, teacher if alpha > 0.0 else None):
+        return _mixed_sample(student, teacher, input_ids, attention_mask, alpha, max_new_tokens, eos_token_id,
+                             pad_token_id, temperature, top_k, top_p, generator, row_keys, use_cache, record_logprobs,
+                             synced)
+
+
+def _mixed_sample(student, teacher, input_ids, attention_mask, alpha, max_new_tokens, eos_token_id, pad_token_id,
+                  temperature, top_k, top_p, generator, row_keys, use_cache, record_logprobs, synced) -> Rollout:
     B = input_ids.shape[0]
     mask = attention_mask.long()
     run_student, run_teacher = alpha < 1.0, alpha > 0.0
     s = _Stepper(student, input_ids, mask, use_cache) if run_student else None
     t = _Stepper(teacher, input_ids, mask, use_cache) if run_teacher else None
     tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    unfiltered = temperature == 1.0 and top_k == 0 and top_p >= 1.0
-    recorded: dict[str, list[torch.Tensor]] = {"q": [], "p": [], "p_mix": []}
+    filtered = is_filtered(temperature, top_k, top_p)
+    recorded: dict[str, list[torch.Tensor]] = {"q": [], "p": [], "p_mix": [], "kept": []}
     for step in range(max_new_tokens):
-        log_q = torch.log_softmax(process_logits(s.logits, temperature, top_k, top_p), -1) if s else None
+        s_proc = process_logits(s.logits, temperature, top_k, top_p) if s else None
+        log_q = torch.log_softmax(s_proc, -1) if s else None
         log_p_mix = torch.log_softmax(process_logits(t.logits, temperature, top_k, top_p), -1) if t else None
         # p̃ = (1 − α)·q + α·p, built in place: one [B, V] buffer per step
         probs = log_q.exp() if log_q is not None else None
@@ -167,14 +239,10 @@ def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torc
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
+        if s is not None and restricts(top_k, top_p):
+            recorded["kept"].append(kept_set(s_proc))
         if record_logprobs:
-            idx = token[:, None]
-            if log_q is not None:
-                recorded["q"].append(log_q.gather(-1, idx).squeeze(-1))
-            if log_p_mix is not None:
-                recorded["p_mix"].append(log_p_mix.gather(-1, idx).squeeze(-1))
-                raw = log_p_mix if unfiltered else torch.log_softmax(upcast(t.logits), -1)
-                recorded["p"].append(raw.gather(-1, idx).squeeze(-1))
+            _record(recorded, token, log_q, t, log_p_mix, temperature, filtered)
         finished = finished | (token == eos_token_id)
         if step == max_new_tokens - 1:
             break
@@ -187,9 +255,34 @@ def mixed_sample(student, teacher, input_ids: torch.Tensor, attention_mask: torc
             if stepper is not None:
                 stepper.advance(token, mask)
     response = torch.stack(tokens, dim=1)
-    stacked = {k: torch.stack(v, dim=1) if v else None for k, v in recorded.items()}
+    stacked = {k: torch.stack(v, dim=1) if v else None for k, v in recorded.items() if k != "kept"}
+    kept = _stack_kept(recorded["kept"]) if recorded["kept"] else None
     return Rollout(input_ids, attention_mask.long(), response, response_mask(response, eos_token_id),
-                   stacked["q"], stacked["p"], stacked["p_mix"])
+                   stacked["q"], stacked["p"], stacked["p_mix"], kept)
+
+
+def _record(recorded: dict, token: torch.Tensor, log_q: torch.Tensor | None, t: _Stepper | None,
+            log_p_mix: torch.Tensor | None, temperature: float, filtered: bool) -> None:
+    """This step's log-probabilities of the drawn tokens: the student's (over its kept set), the teacher's raw one
+    (the reward's) and the teacher's renormalised over the student's kept set (the importance weight's)."""
+    idx = token[:, None]
+    if log_q is not None:
+        recorded["q"].append(log_q.gather(-1, idx).squeeze(-1))
+    if t is not None:
+        raw = torch.log_softmax(upcast(t.logits), -1) if filtered else log_p_mix  # unfiltered: the same values
+        recorded["p"].append(raw.gather(-1, idx).squeeze(-1))
+        if recorded["kept"]:
+            mix = torch.log_softmax(restricted_logits(t.logits, temperature, recorded["kept"][-1]), -1)
+        else:
+            mix = log_p_mix
+        recorded["p_mix"].append(mix.gather(-1, idx).squeeze(-1))
+
+
+def _stack_kept(per_step: list[torch.Tensor]) -> torch.Tensor:
+    """[B, K_t] per step -> [B, T, K] (steps padded with each row's first id)."""
+    K = max(k.shape[-1] for k in per_step)
+    padded = [torch.cat([k, k[:, :1].expand(-1, K - k.shape[-1])], -1) for k in per_step]
+    return torch.stack(padded, dim=1)
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:

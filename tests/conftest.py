@@ -45,7 +45,7 @@ def trained_teacher(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("teacher")
     cfg = stage_config("sft", name="teacher", student="tiny-m", output_dir=str(out), max_steps=120,
-                       micro_batch_size=16, grad_accum_steps=1, max_new_tokens=32, max_prompt_tokens=128,
+                       micro_batch_size=16, batch_size=16, max_new_tokens=32, max_prompt_tokens=128,
                        eval_every_steps=0, eval_prompts=40, save_every_steps=120, select_by="last", tensorboard=False)
     cfg.optim.lr = 2e-3
     cfg.optim.warmup_steps = 10

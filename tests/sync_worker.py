@@ -26,9 +26,9 @@ def main(out: Path) -> None:
     engine.init_process_group()
     rank = dist.rank()
     cfg = stage_config(micro_batch_size=2, deepspeed=DeepSpeedConfig(enabled=True, zero_stage=3))
-    with engine.partitioned_loading(engine.teacher_config(cfg)):
+    with engine.partitioned_loading(engine.teacher_config(cfg, 2)):
         model = load_model("tiny-s").requires_grad_(False)
-    keep = engine.build_teacher_engine(model, cfg)  # noqa: F841  (the engine owns the gather hooks)
+    keep = engine.build_teacher_engine(model, cfg, 2)  # noqa: F841  (the engine owns the gather hooks)
     assert model.model.decoder.layers[0].fc1.weight.numel() == 0  # really partitioned
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]]) if rank == 0 else torch.tensor([[9, 10, 11], [12, 13, 14]])
     mask = torch.ones_like(ids)

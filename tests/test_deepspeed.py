@@ -1,7 +1,8 @@
-"""DeepSpeed engines on CPU with 2 processes (gloo, launched with torchrun): SFT, KD and MiniLLM under ZeRO-1, 2
-and 3 (ZeRO-3 also with a ZeRO-3 sharded teacher and with the optimizer offloaded) follow the single-process loss
-trajectory of the same global batch; a collective checkpoint resumes the same trajectory; the consolidated HF
-export loads and reproduces the engine's validation loss."""
+"""DeepSpeed engines on CPU with 2 processes (gloo, launched with torchrun): SFT, KD, SeqKD and MiniLLM under
+ZeRO-1, 2 and 3 (ZeRO-3 also with a ZeRO-3 sharded teacher and with the optimizer offloaded) follow the
+single-process loss trajectory of the same global batch, draw the same validation samples (so the same validation
+Rouge-L) and, for SeqKD, the same teacher data; a collective checkpoint resumes the same trajectory; the
+consolidated HF export loads and reproduces the engine's validation loss."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ BASE = {
 METHODS = {
     "sft": {},
     "kd": {"method": "kd", "teacher": "tiny-m"},
+    "seqkd": {"method": "seqkd", "teacher": "tiny-m"},  # on a 48-row data file (the teacher samples every row)
     # 16 rollouts per round, 2 PPO passes of 2 global micro-batches: steps 1-4 on round 1, 5-6 on round 2
-    "minillm": {"method": "minillm", "teacher": "tiny-m", "grad_accum_steps": 1, "optim": {"lr": 2e-3},
+    "minillm": {"method": "minillm", "teacher": "tiny-m", "batch_size": 8, "optim": {"lr": 2e-3},
                 "minillm": {"num_rollouts": 16, "ppo_epochs": 2, "pt_chunk_tokens": 64}},
 }
 ZERO = {
@@ -42,7 +44,7 @@ ZERO = {
     "3+offload": {"zero_stage": 3, "offload_optimizer": True},
     "3+teacher3": {"zero_stage": 3, "teacher_placement": "zero3"},
 }
-CASES = [("sft", "1"), ("sft", "2"), ("sft", "3+offload"), ("kd", "1"), ("kd", "2"), ("kd", "3"),
+CASES = [("sft", "1"), ("sft", "2"), ("sft", "3+offload"), ("kd", "1"), ("kd", "2"), ("kd", "3"), ("seqkd", "2"),
          ("minillm", "1"), ("minillm", "2"), ("minillm", "3+teacher3")]
 TOLERANCE = 1e-5  # float reassociation only: measured differences are below 1e-6 (fp32 on CPU)
 
@@ -56,6 +58,13 @@ def _free_port() -> int:
 def _config(method: str, out: Path, procs: int, zero: str | None) -> dict:
     cfg = merge(BASE, METHODS[method])
     cfg.update(output_dir=str(out), micro_batch_size=8 // procs)
+    if method == "seqkd":
+        rows = out.parent / "rows48.jsonl"
+        if not rows.is_file():
+            from takd.data.rows import load_rows, write_jsonl
+
+            write_jsonl(rows, load_rows("builtin", "valid")[:48])
+        cfg["dataset"] = str(rows)
     if method == "minillm":
         cfg["minillm"]["rollout_batch_size"] = 16 // procs
     if zero is not None:
@@ -112,6 +121,11 @@ def test_two_ranks_follow_the_single_process_trajectory(method, zero, runs):
                 assert got[step][key] == pytest.approx(ref[step][key], abs=TOLERANCE), (step, key)
         assert ref[1]["reward"] != ref[5]["reward"]
     assert evals[6]["val_loss"] == pytest.approx(ref_eval[6]["val_loss"], abs=TOLERANCE)
+    # keyed per-prompt sampling: the same validation samples whatever the process count
+    assert evals[6]["val_rouge_l"] == pytest.approx(ref_eval[6]["val_rouge_l"], abs=1e-6)
+    if method == "seqkd":
+        ref_dir = runs(method, None)[0]
+        assert (out / "seqkd_data.jsonl").read_text() == (ref_dir / "seqkd_data.jsonl").read_text()
 
     # the consolidated export is a plain HF directory that reproduces the engine's validation loss
     final = out / "final"

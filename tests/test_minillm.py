@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from takd.losses import divergence
-from takd.sampling import mixed_sample, process_logits, response_mask
+from takd.sampling import mixed_sample, process_logits, response_mask, restricted_logits
 from takd.train.minillm import objective as M
 
 T, F = True, False
@@ -285,7 +285,14 @@ def test_sampler_logprobs_equal_a_fresh_forward(tokenizer, top_k):
         s_logits, t_logits = response_logits(student, batch), response_logits(teacher, batch)
     fresh_q = take(log_probs(process_logits(s_logits, top_k=top_k)), ro.response_ids)
     fresh_p = take(log_probs(t_logits), ro.response_ids)
-    fresh_p_mix = take(log_probs(process_logits(t_logits, top_k=top_k)), ro.response_ids)
+    # the mixture's teacher is renormalised over the student's rollout-time kept set (reference: its inf_mask)
+    fresh_p_mix = take(log_probs(restricted_logits(t_logits, 1.0, ro.kept_ids)), ro.response_ids)
+    if top_k:
+        assert ro.kept_ids.shape == (*ro.response_ids.shape, top_k)
+        m = m & torch.isfinite(ro.student_logprobs)  # a teacher-mixed token outside the kept set: −inf, dropped
+        assert torch.equal(torch.isfinite(ro.teacher_mix_logprobs), torch.isfinite(fresh_p_mix))
+    else:
+        assert ro.kept_ids is None
     assert torch.allclose(ro.student_logprobs[m], fresh_q[m], atol=1e-4)
     assert torch.allclose(ro.teacher_logprobs[m], fresh_p[m], atol=1e-4)
     assert torch.allclose(ro.teacher_mix_logprobs[m], fresh_p_mix[m], atol=1e-4)

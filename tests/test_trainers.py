@@ -109,7 +109,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     grads = []
     for micro, accum in [(8, 1), (2, 4)]:
         cfg = stage_config("sft", student="tiny-s", output_dir=str(tmp_path / f"{micro}x{accum}"), max_steps=1,
-                           micro_batch_size=micro, grad_accum_steps=accum, select_by="last", **SMALL)
+                           micro_batch_size=micro, batch_size=8, select_by="last", **SMALL)
         cfg.optim.lr = 5e-4  # a step large enough that a wrong accumulation weight shows beyond 1e-6
         t = SFTTrainer(cfg)
         t.setup()
@@ -121,7 +121,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 @pytest.mark.parametrize("method", ["kd", "seqkd", "minillm"])
 def test_distillation_methods_produce_loadable_students(method, trained_teacher, tmp_path):
     cfg = stage_config(method, name=method, student="tiny-s", teacher=str(trained_teacher),
-                       output_dir=str(tmp_path / method), max_steps=4, micro_batch_size=4, grad_accum_steps=2,
+                       output_dir=str(tmp_path / method), max_steps=4, micro_batch_size=4, batch_size=8,
                        log_every_steps=1, eval_every_steps=0, select_by="last", **SMALL)
     if method == "minillm":
         cfg.minillm.num_rollouts, cfg.minillm.rollout_batch_size, cfg.minillm.pt_chunk_tokens = 16, 8, 64
@@ -153,7 +153,7 @@ def test_minillm_resume_continues_the_same_trajectory(trained_teacher, tmp_path)
     rerun: steps after the checkpoint reproduce the uninterrupted run."""
     def cfg(out):
         c = stage_config("minillm", name="m", student="tiny-s", teacher=str(trained_teacher),
-                         output_dir=str(out), max_steps=6, micro_batch_size=4, grad_accum_steps=1,
+                         output_dir=str(out), max_steps=6, micro_batch_size=4, batch_size=4,
                          save_every_steps=3, keep_checkpoints=5, log_every_steps=1, eval_every_steps=0,
                          select_by="last", **SMALL)
         c.optim.lr, c.optim.warmup_steps = 5e-4, 0  # steps that move the weights: a wrong restore would show
@@ -182,7 +182,7 @@ def test_minillm_rescore_and_sampler_logprobs_give_the_same_step(trained_teacher
     for rescore in (True, False):
         cfg = stage_config("minillm", name="r", student="tiny-s", teacher=str(trained_teacher),
                            output_dir=str(tmp_path / str(rescore)), max_steps=2, micro_batch_size=4,
-                           grad_accum_steps=1, **SMALL)
+                           batch_size=4, **SMALL)
         cfg.minillm.num_rollouts, cfg.minillm.rollout_batch_size, cfg.minillm.pt_loss = 8, 8, "none"
         cfg.minillm.rescore = rescore
         t = MiniLLMTrainer(cfg)

@@ -56,10 +56,24 @@ class StageJob(submitit.helpers.Checkpointable):
                                    "(a stage never starts from a partial checkpoint)")
 
     def _train(self, cfg) -> Path:
+        from takd.train.preemption import Preempted, PreemptionGuard
         from takd.train.run import run_stage
 
         self._check_inputs([cfg.student, cfg.teacher or ""])
-        return run_stage(cfg)
+        with PreemptionGuard() as guard:  # installed over submitit's handlers, which it keeps for the hand-over
+            try:
+                return run_stage(cfg, guard)
+            except Preempted as err:
+                saved = err
+        # The checkpoint is complete on every rank: now submitit's own handler requeues the job (rank 0) and exits.
+        handler = guard.handler_before(saved.signum)
+        from takd import dist
+
+        if handler is not None:
+            handler(saved.signum, None)
+        if not dist.is_main():
+            time.sleep(600)  # the requeue ends this task with the job; never report a result of our own
+        raise saved
 
     def _evaluate(self, job) -> Path:
         from takd.evaluate.run import run_evaluation, write_results

@@ -14,6 +14,7 @@ one `stages/<stage>/stage.yaml` per stage: the resolved config that `takd.train 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,12 +23,20 @@ import yaml
 
 from takd import config as cfglib
 from takd.chain.profiles import ChainProfile, ClusterProfile, profile_stage
-from takd.chain.resources import choose_allocation, per_gpu_gb
+from takd.chain.resources import (
+    OVERHEAD_GB,
+    WORKING_GB,
+    choose_allocation,
+    has_dims,
+    kv_cache_gb,
+    per_gpu_gb,
+    working_gb,
+)
 from takd.config import ConfigError
 from takd.evaluate.config import EvalJob, EvalSettings
 from takd.models import registry
 from takd.paths import final_dir, stage_dir
-from takd.train.config import StageConfig, load_stage, stage_class
+from takd.train.config import StageConfig, fitting_micro_batch, load_stage, stage_class, uses_gradient_checkpointing
 
 METHODS = ("minillm", "kd", "seqkd", "sft")
 ROLE_HOURS = {"sft": 12, "init": 12, "distill": 24, "baseline": 12, "eval": 2}  # default time limits
@@ -48,6 +57,8 @@ class PlannedStage:
     gpus_per_node: int = 0
     time_min: int = 60
     mem_per_gpu_gb: float = 0.0
+    working_gb: float = 0.0  # of mem_per_gpu_gb: activations, logits, KV caches, overhead (resources.working_gb)
+    checkpointing: bool = False  # the student's activations are recomputed in the backward pass
     pinned: dict[str, str] = field(default_factory=dict)  # deepspeed.<key> -> "profile" | "--set"
     notes: list[str] = field(default_factory=list)  # what the planner decided against a stated setting, and why
 
@@ -102,7 +113,8 @@ class _Overrides:
         fields = set(stage_class(method).__dataclass_fields__)
         mine = [(text, keys) for text, keys in self.items if keys[0] in fields]
         self.used.update(text for text, _ in mine)
-        return [text for text, _ in mine], {".".join(keys): "--set" for _, keys in mine if keys[0] == "deepspeed"}
+        return [text for text, _ in mine], {".".join(keys): "--set" for _, keys in mine
+                                            if keys[0] in ("deepspeed", "micro_batch_size")}
 
     def check_all_used(self) -> None:
         unused = [text for text, _ in self.items if text not in self.used]
@@ -191,14 +203,53 @@ def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile, pinned
         if cluster.gpus_per_node == 0:
             if st.kind == "train" and cluster.cpu_tasks_per_node > 1:
                 st.config.deepspeed.enabled = True
+            if st.kind == "train":
+                _fit_batch(st, cluster.cpu_tasks_per_node)
             continue
-        student = registry.resolve(st.model).params_m
-        if st.kind == "eval":  # inference only: bf16 weights and working memory
-            alloc = choose_allocation(student / 8, 0.0, cluster.gpu_mem_gb, cluster.gpus_per_node)
+        spec = registry.resolve(st.model)
+        if st.kind == "eval":  # inference only: bf16 weights (2 of the 16 B/param) and the generation's KV cache
+            ev = st.config
+            working = OVERHEAD_GB + kv_cache_gb(spec, ev.batch_size, ev.max_prompt_tokens + ev.max_new_tokens) \
+                if has_dims(spec) else WORKING_GB
+            alloc = choose_allocation(spec.params_m / 8, 0.0, cluster.gpu_mem_gb, cluster.gpus_per_node,
+                                      working=working)
             _place(st, alloc, cluster)
             continue
-        teacher = registry.resolve(st.teacher_model).params_m if st.teacher_model else 0.0
-        _assign_engine(st, student, teacher, cluster, {**st.pinned, **{k: "--set" for k in pinned}})
+        teacher = registry.resolve(st.teacher_model) if st.teacher_model else None
+        teacher_m = teacher.params_m if teacher else 0.0
+        st.checkpointing = uses_gradient_checkpointing(st.config, spec.params_m * 1e6)
+        st.config.gradient_checkpointing = st.checkpointing  # stated in stage.yaml, as the estimate assumed it
+        st.working_gb = working_gb(st.config, spec, teacher, st.checkpointing)
+        _assign_engine(st, spec.params_m, teacher_m, cluster, {**st.pinned, **{k: "--set" for k in pinned}})
+        world = st.nodes * st.gpus_per_node
+        _fit_batch(st, world)
+        # the estimate of what was chosen, with the micro-batch the stage will really run
+        st.working_gb = working_gb(st.config, spec, teacher, st.checkpointing)
+        ds = st.config.deepspeed
+        st.mem_per_gpu_gb = per_gpu_gb(spec.params_m, teacher_m, ds.zero_stage if ds.enabled else 1,
+                                       ds.teacher_placement if ds.enabled else "replicated", world,
+                                       ds.enabled and ds.gather_for_generation, st.working_gb)
+
+
+def _fit_batch(st: PlannedStage, world: int) -> None:
+    """Keep the stage's global batch on `world` processes: the micro-batch shrinks to a divisor of the per-process
+    share when needed (noted), so micro-batch × accumulation × processes = batch_size exactly."""
+    cfg = st.config
+    micro = fitting_micro_batch(cfg, world)
+    if micro is None:
+        raise ConfigError(f"stage {st.name}: batch_size={cfg.batch_size} cannot be split over {world} processes; "
+                          f"set it to a multiple of {world} (--set batch_size=...)")
+    if micro != cfg.micro_batch_size:
+        if st.pinned.get("micro_batch_size") == "--set":
+            raise ConfigError(f"stage {st.name}: --set micro_batch_size={cfg.micro_batch_size} does not divide the "
+                              f"{cfg.batch_size // world} sequences per process of batch_size={cfg.batch_size} on "
+                              f"{world} processes; {micro} does")
+        st.notes.append(f"{st.name}: micro_batch_size {cfg.micro_batch_size} -> {micro}, so that {world} "
+                        f"process(es) keep the global batch of {cfg.batch_size}")
+        cfg.micro_batch_size = micro
+    if cfg.method == "minillm" and cfg.minillm.num_rollouts % world:
+        raise ConfigError(f"stage {st.name}: minillm.num_rollouts={cfg.minillm.num_rollouts} cannot be shared "
+                          f"equally by {world} processes; set it to a multiple of {world}")
 
 
 def _assign_engine(st: PlannedStage, student: float, teacher: float, cluster: ClusterProfile,
@@ -207,8 +258,12 @@ def _assign_engine(st: PlannedStage, student: float, teacher: float, cluster: Cl
     held = {src: {k: getattr(ds, k) for k in ENGINE_KEYS if pins.get(f"deepspeed.{k}") == src}
             for src in ("--set", "profile")}
 
+    cfg = st.config
+    shared = math.gcd(cfg.batch_size, cfg.minillm.num_rollouts) if cfg.method == "minillm" else cfg.batch_size
+
     def choose(fixed):
-        return choose_allocation(student, teacher, cluster.gpu_mem_gb, cluster.gpus_per_node, fixed=fixed)
+        return choose_allocation(student, teacher, cluster.gpu_mem_gb, cluster.gpus_per_node, fixed=fixed,
+                                 working=st.working_gb, batch=shared)
 
     alloc = choose({**held["--set"], **held["profile"]})
     if alloc is None and held["profile"]:
@@ -233,8 +288,6 @@ def _assign_engine(st: PlannedStage, student: float, teacher: float, cluster: Cl
         for k, v in chosen.items():
             if k not in held["--set"] and k not in held["profile"]:
                 setattr(ds, k, v)
-        st.mem_per_gpu_gb = per_gpu_gb(student, teacher, ds.zero_stage, ds.teacher_placement,
-                                       st.nodes * st.gpus_per_node, ds.gather_for_generation)
 
 
 def _place(st: PlannedStage, alloc, cluster: ClusterProfile) -> None:

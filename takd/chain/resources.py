@@ -1,13 +1,25 @@
 """Per-GPU memory estimate for a stage, and the smallest allocation that fits (used by the planner's table).
 
-Bytes per student parameter under mixed-precision AdamW (16 B/param of model states: 2 weights, 2 grads,
-12 fp32 master + moments), partitioned over N data-parallel GPUs:
+Model states. Bytes per student parameter under mixed-precision AdamW (16 B/param: 2 weights, 2 grads, 12 fp32
+master + moments), partitioned over N data-parallel GPUs:
     ZeRO-1: 4 + 12/N      ZeRO-2: 2 + 14/N      ZeRO-3: 16/N
 Teacher (bf16, frozen): 2 B/param replicated, 2/N under ZeRO-3. A ZeRO-3 student gathered whole for generation
 (`gather_for_generation`, one all-gather per rollout batch instead of one per layer per token) adds its 2 B/param
-of bf16 weights while it generates. Working memory (logits over the vocabulary,
-activations with checkpointing, KV caches for rollouts) is a flat allowance per GPU. These reproduce the
-arithmetic in shared/docs/clusters-submitit-deepspeed.md §E (e.g. OPT-6.7B ZeRO-2 on 4 GPUs: 36.6 GB).
+of bf16 weights while it generates. These reproduce the arithmetic in shared/docs/clusters-submitit-deepspeed.md §E
+(e.g. OPT-6.7B ZeRO-2 on 4 GPUs: 36.6 GB).
+
+Working memory (per GPU, not sharded by ZeRO), from the stage's micro-batch b, sequence length s and the models'
+hidden size h, layers L and vocabulary V (`working_gb`):
+    activations   34·s·b·h bytes per layer in half precision with SDPA/flash attention (Korthikanti et al. 2022,
+                  without the s² score term); with gradient checkpointing only each layer's input (2·s·b·h) is kept,
+                  plus one layer's 34·s·b·h while it is recomputed
+    logits        per position through the LM head: 14 B/vocabulary entry for the student (bf16 logits, their fp32
+                  log-softmax, its gradient) and 10 B for a teacher's (bf16, fp32 upcast, log-softmax)
+    KV caches     2·L·b·s·h·2 bytes per model for MiniLLM's rollouts (student and teacher, `rollout_batch_size`)
+                  and SeqKD's teacher generation; rollouts and the training step are not live at once (the max)
+    overhead      2 GB: CUDA context, allocator fragmentation, communication buffers
+MiniLLM's step holds the PPO micro-batch (logits on the response positions) and the PT micro-batch (a
+`pt_chunk_tokens` chunk) at once. A model the registry has no dimensions for gets a flat 6 GB.
 """
 
 from __future__ import annotations
@@ -15,8 +27,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-WORKING_GB = 6.0  # per GPU: logits, activations, rollout KV caches (rough, conservative)
+from takd.models.registry import ModelSpec
+
+WORKING_GB = 6.0  # per GPU, when the model's dimensions are unknown
+OVERHEAD_GB = 2.0  # per GPU: CUDA context, allocator fragmentation, communication buffers
+ACTIVATION_BYTES = 34  # per token, hidden unit and layer, half precision, SDPA attention (Korthikanti et al. 2022)
 GB = 1e9
+
+
+def activations_gb(spec: ModelSpec, batch: int, tokens: int, checkpointing: bool) -> float:
+    """What one forward keeps for the backward pass: all layers' activations, or with checkpointing each layer's
+    input plus one layer's activations during its recomputation."""
+    h, layers = spec.arch["hidden_size"], spec.arch["num_hidden_layers"]
+    one_layer = ACTIVATION_BYTES * tokens * batch * h
+    kept = (2 * tokens * batch * h * layers + one_layer) if checkpointing else one_layer * layers
+    return kept / GB
+
+
+def logits_gb(spec: ModelSpec, batch: int, positions: int, trained: bool) -> float:
+    """The LM head's output over the vocabulary: 14 B/entry with its gradient (student), 10 B without (teacher)."""
+    return batch * positions * spec.arch["vocab_size"] * (14 if trained else 10) / GB
+
+
+def kv_cache_gb(spec: ModelSpec, batch: int, tokens: int) -> float:
+    """Keys and values of every layer for `batch` sequences of `tokens`, in half precision."""
+    return 2 * spec.arch["num_hidden_layers"] * batch * tokens * spec.arch["hidden_size"] * 2 / GB
+
+
+def has_dims(spec: ModelSpec | None) -> bool:
+    return spec is not None and {"hidden_size", "num_hidden_layers", "vocab_size"} <= set(spec.arch)
+
+
+def working_gb(cfg, student: ModelSpec, teacher: ModelSpec | None, checkpointing: bool) -> float:
+    """The working memory of one training process of stage `cfg` (a StageConfig), per the module docstring."""
+    if not has_dims(student) or (teacher is not None and not has_dims(teacher)):
+        return WORKING_GB
+    b, s = cfg.micro_batch_size, cfg.max_prompt_tokens + cfg.max_new_tokens
+    if cfg.method == "minillm":
+        r, chunk, mc = cfg.max_new_tokens, cfg.minillm.pt_chunk_tokens, cfg.minillm
+        step = (activations_gb(student, b, s, checkpointing) + logits_gb(student, b, r, True)
+                + (logits_gb(teacher, b, r, False) if mc.single_step else 0.0))
+        if mc.pt_loss != "none":
+            step += activations_gb(student, b, chunk, checkpointing) + logits_gb(student, b, chunk, True)
+            step += logits_gb(teacher, b, chunk, False) if mc.pt_loss == "lm+kd" else 0.0
+        rollout = kv_cache_gb(student, mc.rollout_batch_size, s) + kv_cache_gb(teacher, mc.rollout_batch_size, s)
+        return OVERHEAD_GB + max(step, rollout)
+    step = activations_gb(student, b, s, checkpointing) + logits_gb(student, b, s, True)
+    if teacher is not None:
+        step += logits_gb(teacher, b, s, False)
+    generation = kv_cache_gb(teacher, cfg.seqkd.generation_batch_size, s) if cfg.method == "seqkd" else 0.0
+    return OVERHEAD_GB + max(step, generation)
 
 
 def student_bytes_per_param(zero_stage: int, n_gpus: int) -> float:
@@ -42,11 +102,11 @@ class Allocation:
 
 
 def per_gpu_gb(student_params_m: float, teacher_params_m: float, zero_stage: int, placement: str,
-               n_gpus: int, gather_for_generation: bool = False) -> float:
+               n_gpus: int, gather_for_generation: bool = False, working: float = WORKING_GB) -> float:
     per_param = student_bytes_per_param(zero_stage, n_gpus) + (2.0 if gather_for_generation and zero_stage == 3 else 0)
     s = student_params_m * 1e6 * per_param
     t = teacher_params_m * 1e6 * teacher_bytes_per_param(placement, n_gpus) if teacher_params_m else 0.0
-    return (s + t) / GB + WORKING_GB
+    return (s + t) / GB + working
 
 
 OPTIONS = [(1, "replicated", False), (2, "replicated", False), (3, "replicated", True), (3, "replicated", False),
@@ -60,18 +120,20 @@ def _allowed(option: tuple[int, str, bool], fixed: dict[str, Any]) -> bool:
 
 
 def choose_allocation(student_params_m: float, teacher_params_m: float, gpu_mem_gb: float, gpus_per_node: int,
-                      max_nodes: int = 4, headroom: float = 0.9, fixed: dict[str, Any] | None = None
-                      ) -> Allocation | None:
+                      max_nodes: int = 4, headroom: float = 0.9, fixed: dict[str, Any] | None = None,
+                      working: float = WORKING_GB, batch: int | None = None) -> Allocation | None:
     """The fewest GPUs, then the least sharding (ZeRO-1 < 2 < 3, replicated teacher < ZeRO-3 teacher), whose
     estimate fits in headroom × GPU memory: fewer GPUs cost fewer GPU-hours; less sharding communicates less.
     A ZeRO-3 student is gathered whole for generation when that still fits (much faster decoding). A sharded
     teacher only pays off with a sharded student. fixed: `deepspeed.*` values the choice must keep (zero_stage,
-    teacher_placement, gather_for_generation); None when nothing with them fits."""
+    teacher_placement, gather_for_generation); working: GB per GPU beyond the model states (`working_gb`); None
+    when nothing fits. batch: only GPU counts that divide it (the global batch is shared equally by the processes)."""
     counts = [c for c in (1, 2, 4, 8) if c <= gpus_per_node] + [gpus_per_node * n for n in range(2, max_nodes + 1)]
+    counts = [c for c in counts if batch is None or batch % c == 0]
     options = [o for o in OPTIONS if _allowed(o, fixed or {})]
     for n in counts:
         for zero, placement, gather in options:
-            gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n, gather)
+            gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n, gather, working)
             if gb <= headroom * gpu_mem_gb:
                 nodes = max(1, n // gpus_per_node)
                 return Allocation(nodes, min(n, gpus_per_node), zero, placement, gb, gather)

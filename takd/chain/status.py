@@ -38,7 +38,7 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
 def stage_progress(directory: Path, max_steps: int | None) -> tuple[str, str]:
     latest = ckpt.latest_checkpoint(directory / "checkpoints")
     step = ckpt.step_of(latest) if latest else 0
-    progress = f"{step}/{max_steps}" if max_steps else ""
+    progress = f"{step}/{max_steps}" if max_steps else (str(step) if step else "")
     last = ""
     metrics = directory / "metrics.jsonl"
     if metrics.is_file():
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         d = stage_dir(run, st.name)
         job = str(jobs.get(st.name, ""))
         state = "DONE" if (d / DONE).is_file() else states.get(job, "SUBMITTED" if job else "not started")
-        progress, last = stage_progress(d, st.config.max_steps if st.kind == "train" else None)
+        sized = st.kind == "train" and getattr(st.config, "epochs", None) is None  # epochs: steps known at run time
+        progress, last = stage_progress(d, st.config.max_steps if sized else None)
         print(f"{st.name:36s} {job:>8s} {state:12s} {progress:>10s}  {last}")
     return 0

@@ -161,3 +161,15 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout probability (and OPT's layerdrop) to 0, module by module: in train mode the model then computes
+    what it computes in eval mode. MiniLLM trains without dropout (reference §2b) but in train mode, the mode in which
+    transformers applies gradient checkpointing."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if isinstance(value, float) and ("dropout" in name or "layerdrop" in name):
+                setattr(module, name, 0.0)

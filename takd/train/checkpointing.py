@@ -9,6 +9,7 @@ complete checkpoint as the newest.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import torch
 from takd import checkpoint as ckpt
 from takd import dist
 from takd.models.loading import load_model
+from takd.models.registry import write_model_meta
 from takd.train.backend import Backend
 
 STATE_FILE = "trainer_state.pt"
@@ -53,13 +55,26 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-class Checkpointer:
-    """Saves, restores and exports one stage's student. `export_hf(directory, state_dict, extra)` writes an HF
-    directory (weights, tokenizer, takd metadata); every method here is collective: all ranks call it."""
+def write_hf(student, tokenizer, directory: Path, state_dict: dict[str, torch.Tensor] | None, extra: dict[str, Any],
+             **meta: Any) -> None:
+    """An HF directory (rank 0): `state_dict` as the student's weights, the tokenizer, takd's metadata; config.json
+    states the dtype of the weights written (transformers would write the module's: float32 master weights)."""
+    student.save_pretrained(directory, state_dict=state_dict)
+    tokenizer.save_pretrained(directory)
+    write_model_meta(directory, **meta, **extra)
+    dtype = next((v.dtype for v in (state_dict or {}).values() if v.is_floating_point()), None)
+    if dtype is not None:
+        config = json.loads((directory / "config.json").read_text())
+        (directory / "config.json").write_text(json.dumps({**config, "dtype": str(dtype).split(".")[-1]}, indent=2))
 
-    def __init__(self, out: Path, backend: Backend, export_hf: Exporter, keep: int):
+
+class Checkpointer:
+    """Saves, restores and exports one stage's student. `export(directory, state_dict, extra)` writes an HF
+    directory (`write_hf`); every method here is collective: all ranks call it."""
+
+    def __init__(self, out: Path, backend: Backend, keep: int, export: Exporter):
         self.root = out / "checkpoints"
-        self.backend, self.export_hf, self.keep = backend, export_hf, keep
+        self.backend, self.export_hf, self.keep = backend, export, keep
         self.rank = backend.rank
 
     def latest(self) -> Path | None:
@@ -91,9 +106,9 @@ class Checkpointer:
         return load_trainer_state(directory)
 
     def export(self, directory: Path, extra: dict[str, Any] | None = None, verify: bool = False) -> None:
-        """The current weights as an HF directory, written atomically by rank 0. verify: load it back before
-        marking it complete (a stage never hands off weights that do not load)."""
-        weights = self.backend.full_state_dict()
+        """The current weights as an HF directory in the stage's dtype, written atomically by rank 0. verify: load
+        it back before marking it complete (a stage never hands off weights that do not load)."""
+        weights = self.backend.export_state_dict()
         if self.rank == 0:
             with ckpt.atomic_directory(directory) as d:
                 self.export_hf(d, weights, extra or {})

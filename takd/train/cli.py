@@ -47,7 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_config:
         print(yaml.safe_dump(cfglib.to_dict(cfg), sort_keys=False), end="")
         return 0
+    from takd.train.loop import NonFiniteLoss
+    from takd.train.preemption import Preempted
     from takd.train.run import run_stage
 
-    run_stage(cfg)
+    try:
+        run_stage(cfg)
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Preempted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 3
     return 0

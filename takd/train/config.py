@@ -11,6 +11,7 @@ reference's values (reference §4, §5), the single source of every default: `py
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -153,8 +154,12 @@ class StageConfig:
     output_dir: str = "runs/stage"
     seed: int = 10
     max_steps: int = 4000  # optimizer steps (~10 epochs of Dolly's 12.4K prompts at 32 sequences per step)
-    micro_batch_size: int = 8  # sequences per forward pass
-    grad_accum_steps: int = 4  # micro-batches per optimizer step
+    # sequences per optimizer step, summed over every process: the same at any GPU count (reference: 32 for SFT/KD)
+    batch_size: int = 32
+    # sequences per forward pass per process; accumulation steps = batch_size / (micro_batch_size × processes)
+    micro_batch_size: int = 8
+    # recompute activations in the backward pass (less memory, ~1/3 more compute); null: on for ≥ 1B parameters
+    gradient_checkpointing: bool | None = None
     max_prompt_tokens: int = 256  # longer prompts are dropped (reference)
     max_new_tokens: int = 256  # response tokens (generation and training targets)
     eval_every_steps: int = 50  # 0 = only at the end
@@ -171,8 +176,10 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        check(self.micro_batch_size >= 1 and self.grad_accum_steps >= 1,
-              "micro_batch_size and grad_accum_steps must be >= 1")
+        check(self.micro_batch_size >= 1 and self.batch_size >= 1, "batch_size and micro_batch_size must be >= 1")
+        check(self.batch_size % self.micro_batch_size == 0,
+              f"batch_size={self.batch_size} must be a multiple of micro_batch_size={self.micro_batch_size} "
+              "(the global batch is micro-batches x accumulation steps x processes)")
         check(self.method == "sft" or bool(self.teacher),
               f"method {self.method!r} needs a teacher: set teacher=<model name or HF directory>")
         check(self.save_every_steps >= 1, "save_every_steps must be >= 1")
@@ -184,14 +191,27 @@ class StageConfig:
 
 
 @dataclass
-class SFTStage(StageConfig):
+class SupervisedStage(StageConfig):
+    """A stage trained on a fixed set of sequences (SFT, KD, SeqKD), which may be sized in epochs."""
+
+    # passes over the training examples; when set, it replaces max_steps: ⌈epochs × examples / batch_size⌉ steps
+    # (reference: 10-20 epochs)
+    epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+
+
+@dataclass
+class SFTStage(SupervisedStage):
     """SFT w/o KD: response-only cross-entropy on gold responses (reference §5)."""
 
     method: Literal["sft"] = "sft"
 
 
 @dataclass
-class KDStage(StageConfig):
+class KDStage(SupervisedStage):
     """Word-level KD on gold responses, teacher-forced (reference §5)."""
 
     method: Literal["kd"] = "kd"
@@ -217,8 +237,8 @@ class MiniLLMStage(StageConfig):
 
     method: Literal["minillm"] = "minillm"
     max_steps: int = 5000  # optimizer steps (total_iters)
-    micro_batch_size: int = 4  # PPO micro-batch per process
-    grad_accum_steps: int = 4  # global mini-batch = micro x accum x processes (reference: 64)
+    batch_size: int = 64  # the PPO mini-batch: rollouts per optimizer step, over every process (reference §3: 64)
+    micro_batch_size: int = 4  # rollouts per forward pass per process
     eval_every_steps: int = 100
     save_every_steps: int = 500
     pt_dataset: str | None = "builtin"  # pretraining corpus for the PT loss (builtin | path prefix)
@@ -229,6 +249,41 @@ class MiniLLMStage(StageConfig):
 STAGE_CLASSES: dict[str, type[StageConfig]] = {"sft": SFTStage, "kd": KDStage, "seqkd": SeqKDStage,
                                                "minillm": MiniLLMStage}
 METHOD_SECTIONS = ("kd", "seqkd", "minillm", "pt_dataset")  # keys only some methods have
+
+
+CHECKPOINTING_FROM_PARAMS = 1e9  # gradient checkpointing is on by default from this many student parameters
+
+
+def uses_gradient_checkpointing(cfg: StageConfig, params: float) -> bool:
+    """The stage's setting, or (null) on for a student of ≥ 1B parameters."""
+    return cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else params >= CHECKPOINTING_FROM_PARAMS
+
+
+def optimizer_steps(cfg: StageConfig, n_examples: int) -> int:
+    """The stage's optimizer steps: `max_steps`, or ⌈epochs × training examples / batch_size⌉ when it is sized in
+    epochs."""
+    epochs = getattr(cfg, "epochs", None)
+    return cfg.max_steps if epochs is None else max(1, math.ceil(epochs * n_examples / cfg.batch_size))
+
+
+def accumulation_steps(cfg: StageConfig, world: int) -> int:
+    """Micro-batches per optimizer step on each of `world` processes: batch_size / (micro_batch_size × world)."""
+    per_process, rest = divmod(cfg.batch_size, world)
+    if rest or per_process % cfg.micro_batch_size:
+        raise cfglib.ConfigError(
+            f"batch_size={cfg.batch_size} cannot be split evenly into micro-batches of {cfg.micro_batch_size} on "
+            f"{world} process(es): batch_size must be a multiple of micro_batch_size x processes "
+            f"({cfg.micro_batch_size} x {world})")
+    return per_process // cfg.micro_batch_size
+
+
+def fitting_micro_batch(cfg: StageConfig, world: int) -> int | None:
+    """The largest micro-batch ≤ cfg.micro_batch_size that splits the global batch evenly over `world` processes,
+    or None when batch_size is not a multiple of `world` (then no micro-batch can keep the global batch)."""
+    per_process, rest = divmod(cfg.batch_size, world)
+    if rest:
+        return None
+    return max(d for d in range(1, min(cfg.micro_batch_size, per_process) + 1) if per_process % d == 0)
 
 
 def stage_class(method: object, where: str = "stage") -> type[StageConfig]:

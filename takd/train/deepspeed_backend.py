@@ -34,7 +34,7 @@ from takd.config import ConfigError
 from takd.models.loading import load_model
 from takd.paths import CONFIG_DIR
 from takd.train.backend import Backend, build_optimizer
-from takd.train.config import StageConfig
+from takd.train.config import StageConfig, accumulation_steps
 
 
 def init_process_group() -> None:
@@ -51,8 +51,9 @@ def init_process_group() -> None:
     deepspeed.init_distributed(dist_backend=None)
 
 
-def deepspeed_config(cfg: StageConfig) -> dict[str, Any]:
-    """configs/deepspeed/zero<stage>[_offload].json + the values that belong to the stage config."""
+def deepspeed_config(cfg: StageConfig, world: int) -> dict[str, Any]:
+    """configs/deepspeed/zero<stage>[_offload].json + the values that belong to the stage config (on `world`
+    processes)."""
     ds = cfg.deepspeed
     name = f"zero{ds.zero_stage}{'_offload' if ds.offload_optimizer else ''}.json"
     path = CONFIG_DIR / "deepspeed" / name
@@ -62,7 +63,7 @@ def deepspeed_config(cfg: StageConfig) -> dict[str, Any]:
     conf = json.loads(path.read_text())
     conf.update({
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum_steps,
+        "gradient_accumulation_steps": accumulation_steps(cfg, world),
         "gradient_clipping": cfg.optim.grad_clip_norm,
         "bf16": {"enabled": cfg.dtype == "bfloat16"},
         "fp16": {"enabled": cfg.dtype == "float16", "initial_scale_power": 11, "loss_scale_window": 2000,
@@ -71,10 +72,10 @@ def deepspeed_config(cfg: StageConfig) -> dict[str, Any]:
     return conf
 
 
-def teacher_config(cfg: StageConfig) -> dict[str, Any]:
+def teacher_config(cfg: StageConfig, world: int) -> dict[str, Any]:
     """Inference-only ZeRO-3 for a sharded teacher: no optimizer, the student's precision and batch keys."""
     conf = json.loads((CONFIG_DIR / "deepspeed" / "zero3.json").read_text())
-    conf.update({k: v for k, v in deepspeed_config(cfg).items()
+    conf.update({k: v for k, v in deepspeed_config(cfg, world).items()
                  if k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16", "fp16")})
     return conf
 
@@ -98,12 +99,12 @@ def partitioned_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
         unset_hf_deepspeed_config()
 
 
-def build_teacher_engine(model: torch.nn.Module, cfg: StageConfig):
+def build_teacher_engine(model: torch.nn.Module, cfg: StageConfig, world: int):
     """The teacher as an inference-only ZeRO-3 engine; forwards go through the module (the engine's hooks
     gather each layer's weights on the way)."""
     import deepspeed
 
-    engine, _, _, _ = deepspeed.initialize(model=model, config=teacher_config(cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, config=teacher_config(cfg, world))
     engine.eval()
     return engine
 
@@ -113,7 +114,7 @@ class DeepSpeedBackend(Backend):
 
     def __init__(self, cfg: StageConfig):
         super().__init__(cfg)
-        self.ds_config = deepspeed_config(cfg)  # bad settings fail before any work
+        self.ds_config = deepspeed_config(cfg, self.world)  # bad settings fail before any work
         self.zero3 = cfg.deepspeed.zero_stage == 3
         self.teacher_sharded = cfg.deepspeed.teacher_placement == "zero3"
         # a forward of a sharded model is a collective: every rank must run every forward, in the same order
@@ -125,20 +126,20 @@ class DeepSpeedBackend(Backend):
             self.module = load_model(source, self.dtype)
         if not self.zero3:  # zero.Init already placed the shards
             self.module.to(self.device)
-        return self.module
+        return self._checkpointed(self.module)
 
     def load_teacher(self, source: str) -> torch.nn.Module:
         if not self.teacher_sharded:
             return super().load_teacher(source)
-        with partitioned_loading(teacher_config(self.cfg)):
+        with partitioned_loading(teacher_config(self.cfg, self.world)):
             teacher = load_model(source, self.dtype).requires_grad_(False)
-        self.teacher_engine = build_teacher_engine(teacher, self.cfg)  # holds the shards and gather hooks
+        self.teacher_engine = build_teacher_engine(teacher, self.cfg, self.world)  # holds the shards and gather hooks
         return teacher.eval()
 
-    def prepare(self, student: torch.nn.Module) -> None:
+    def prepare(self, student: torch.nn.Module, total_steps: int) -> None:
         import deepspeed
 
-        optimizer, self.scheduler = build_optimizer(student.parameters(), self.cfg)
+        optimizer, self.scheduler = build_optimizer(student.parameters(), self.cfg, total_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, lr_scheduler=self.scheduler,
                                                     config=self.ds_config)
 
@@ -150,7 +151,7 @@ class DeepSpeedBackend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         # the engine divides by the accumulation steps itself (and averages over ranks); optimizer, schedule and
         # clipping happen inside `engine.step()` at the accumulation boundary
-        self.engine.backward(loss * self.cfg.grad_accum_steps)
+        self.engine.backward(loss * self.accum)
         self.engine.step()
 
     def step(self) -> float | None:

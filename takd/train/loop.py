@@ -13,8 +13,10 @@ trajectory (CPU: bit-identical up to float reassociation). A stage whose `final/
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,27 @@ from takd.data.examples import EpochSampler, Example, collate_sft, encode_rows
 from takd.data.rows import load_rows
 from takd.evaluate.metrics import score
 from takd.models.loading import check_same_tokenizer, load_tokenizer_for, model_dir
-from takd.models.registry import base_model_name, write_model_meta
+from takd.models.registry import base_model_name
 from takd.train.backend import create_backend
-from takd.train.checkpointing import Checkpointer
-from takd.train.config import StageConfig
+from takd.train.checkpointing import Checkpointer, write_hf
+from takd.train.config import StageConfig, optimizer_steps
 from takd.train.metrics_log import MetricsLog, progress_bar
+from takd.train.preemption import Preempted, PreemptionGuard
 from takd.train.validation import BestKeeper, validation_generations, validation_loss
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf: the stage stops before the optimizer step."""
+
+
+def check_finite(terms: dict[str, torch.Tensor], stage: str, step: int) -> None:
+    """Stop before a NaN/inf reaches the weights: one line naming the step and the term (every rank agrees)."""
+    bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
+    if dist.any_true(bool(bad)):
+        where = f"loss term {bad[0]!r} is {float(terms[bad[0]].detach().float().mean())}" if bad else \
+            "a loss term is not finite on another rank"
+        raise NonFiniteLoss(f"stage {stage}, optimizer step {step}: {where}; nothing was updated (the newest "
+                            "checkpoint is intact): lower optim.lr, or use float32/bfloat16")
 
 
 class Trainer:
@@ -40,10 +57,11 @@ class Trainer:
 
     needs_teacher = False
 
-    def __init__(self, cfg: StageConfig):
+    def __init__(self, cfg: StageConfig, preemption: PreemptionGuard | None = None):
         self.cfg = cfg
         self.out = cfg.out
         self.step = 0
+        self.preemption = preemption  # set: SIGUSR2/SIGTERM save at the next step boundary, then stop
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> Path:
@@ -76,10 +94,13 @@ class Trainer:
         self.valid_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
                                           cfg.max_new_tokens)[: cfg.eval_prompts]
         self.sampler = EpochSampler(len(self.train_examples), seed=cfg.seed)
-        self.backend.prepare(self.student)
+        self.max_steps = optimizer_steps(cfg, len(self.train_examples))
+        self.backend.prepare(self.student, self.max_steps)
         self.metrics = MetricsLog(self.out, cfg.name, enabled=self.rank == 0, tensorboard=cfg.tensorboard)
         self.best = BestKeeper(cfg.select_by)
-        self.checkpoints = Checkpointer(self.out, self.backend, self.export_hf, cfg.keep_checkpoints)
+        self.checkpoints = Checkpointer(self.out, self.backend, keep=cfg.keep_checkpoints, export=partial(
+            write_hf, self.student, self.tokenizer, base=base_model_name(cfg.student), stage=cfg.name,
+            method=cfg.method))
         self.student.train()
 
     def load_teacher(self) -> torch.nn.Module:
@@ -95,14 +116,16 @@ class Trainer:
     def log_setup(self) -> None:
         if self.rank != 0:
             return
-        cfg = self.cfg
-        seqs = cfg.micro_batch_size * cfg.grad_accum_steps * self.world
-        sharded = " (ZeRO-3 sharded)" if self.backend.teacher_sharded else ""
-        teacher = f", teacher {cfg.teacher}{sharded}" if self.teacher is not None else ""
-        print(f"[{cfg.name}] {cfg.method}: student {cfg.student} ({self.backend.parameter_count() / 1e6:.2f}M params)"
-              f"{self.backend.describe()}{teacher}; {len(self.train_examples)} train examples, "
-              f"{len(self.valid_examples)} valid; {seqs} sequences/step ({cfg.micro_batch_size}x{cfg.grad_accum_steps}"
-              f"x{self.world}), {cfg.max_steps} steps -> {self.out}", flush=True)
+        cfg, b = self.cfg, self.backend
+        teacher = f", teacher {cfg.teacher}{' (ZeRO-3 sharded)' if b.teacher_sharded else ''}" if self.teacher else ""
+        epochs = getattr(cfg, "epochs", None)
+        sized = "" if epochs is None else \
+            f" ({epochs:g} epochs x {len(self.train_examples)} examples / {cfg.batch_size} per step, rounded up)"
+        print(f"[{cfg.name}] {cfg.method}: student {cfg.student} ({b.parameter_count() / 1e6:.2f}M params)"
+              f"{b.describe()}{teacher}; {len(self.train_examples)} train examples, {len(self.valid_examples)} valid; "
+              f"{cfg.batch_size} sequences/step ({cfg.micro_batch_size}x{b.accum}x{self.world}), {self.max_steps} steps"
+              f"{sized}, {cfg.dtype} compute{', gradient checkpointing' if b.checkpointing else ''} -> {self.out}",
+              flush=True)
         if self.resume_from is not None:
             print(f"[{cfg.name}] resumed from {self.resume_from} at step {self.step}", flush=True)
 
@@ -112,7 +135,7 @@ class Trainer:
         slice of it."""
         m = self.cfg.micro_batch_size
         batches = []
-        for _ in range(self.cfg.grad_accum_steps):
+        for _ in range(self.backend.accum):
             idx = self.sampler.next_indices(m * self.world)[self.rank * m: (self.rank + 1) * m]
             batches.append(collate_sft([self.train_examples[i] for i in idx], self.tokenizer.pad_token_id))
         return batches
@@ -136,22 +159,31 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ loop
     def train(self) -> None:
         cfg = self.cfg
-        bar = progress_bar(self.step, cfg.max_steps, cfg.name, enabled=self.rank == 0)
+        bar = progress_bar(self.step, self.max_steps, cfg.name, enabled=self.rank == 0)
         t_last = time.time()
-        while self.step < cfg.max_steps:
+        while self.step < self.max_steps:
             terms = self.optimizer_step()
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
-            if self.step % cfg.log_every_steps == 0 or self.step == cfg.max_steps:
+            if self.step % cfg.log_every_steps == 0 or self.step == self.max_steps:
                 now = time.time()
                 self.metrics.log(self.step, {**terms, "lr": self.backend.lr,
                                              "sec_per_step": (now - t_last) / cfg.log_every_steps})
                 t_last = now
-            if (cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0) or self.step == cfg.max_steps:
+            if (cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0) or self.step == self.max_steps:
                 self.validate()
-            if self.step % cfg.save_every_steps == 0 or self.step == cfg.max_steps:
+            saved = self.step % cfg.save_every_steps == 0 or self.step == self.max_steps
+            if saved:
                 self.save_checkpoint()
+            if self.step < self.max_steps and self.preemption is not None and self.preemption.requested():
+                if not saved:
+                    self.save_checkpoint()
+                bar.close()
+                stop = Preempted(cfg.name, self.step, self.preemption.signum or signal.SIGUSR2)
+                if self.rank == 0:
+                    print(f"[{cfg.name}] {stop}", flush=True)
+                raise stop
         bar.close()
 
     def optimizer_step(self) -> dict[str, float]:
@@ -164,6 +196,7 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         for batch, w in zip(batches, weights, strict=True):
             terms = self.loss_terms(dist.to_device(batch, self.backend.device))
+            check_finite(terms, self.cfg.name, self.step + 1)
             self.backend.backward(terms["loss"] * (w * self.world / total))
             for k, v in terms.items():
                 sums[k] += float(v.detach()) * w / total
@@ -178,12 +211,14 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Every rank takes part (the work is sharded) and gets the same metrics; rank 0 logs them."""
         cfg = self.cfg
-        metrics = {"val_loss": validation_loss(self.student, self.valid_examples, self.tokenizer.pad_token_id,
-                                               cfg.micro_batch_size, self.backend.device)}
+        with self.backend.compute():
+            metrics = {"val_loss": validation_loss(self.student, self.valid_examples, self.tokenizer.pad_token_id,
+                                                   cfg.micro_batch_size, self.backend.device)}
         if cfg.eval_prompts:
             with self.backend.generating():
                 preds = validation_generations(self.student, self.tokenizer, self.valid_examples, seed=cfg.seed,
-                                               max_new_tokens=cfg.max_new_tokens, synced=self.backend.lockstep)
+                                               max_new_tokens=cfg.max_new_tokens, batch_size=16,
+                                               device=self.backend.device, synced=self.backend.lockstep)
             metrics.update({f"val_{k}": v for k, v in score(preds, [e.row for e in self.valid_examples]).items()})
         metrics.update(self.extra_validation())
         self.metrics.log(self.step, metrics, kind="eval")
@@ -193,12 +228,6 @@ class Trainer:
         return metrics
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def export_hf(self, directory: Path, state_dict: dict[str, torch.Tensor] | None, extra: dict[str, Any]) -> None:
-        self.student.save_pretrained(directory, state_dict=state_dict)
-        self.tokenizer.save_pretrained(directory)
-        write_model_meta(directory, base=base_model_name(self.cfg.student), stage=self.cfg.name,
-                         method=self.cfg.method, **extra)
-
     def save_checkpoint(self) -> None:
         self.checkpoints.save(self.step, {"step": self.step, "best": self.best.best,
                                           "sampler": self.sampler.state_dict(), "method": self.method_state()})

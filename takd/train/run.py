@@ -8,21 +8,24 @@ from takd import dist
 from takd.models.loading import quiet_transformers
 from takd.train.config import StageConfig
 from takd.train.loop import Trainer
+from takd.train.preemption import PreemptionGuard
 
 
-def trainer_for(cfg: StageConfig) -> Trainer:
+def trainer_for(cfg: StageConfig, preemption: PreemptionGuard | None = None) -> Trainer:
     if cfg.method == "minillm":
         from takd.train.minillm.trainer import MiniLLMTrainer
 
-        return MiniLLMTrainer(cfg)
+        return MiniLLMTrainer(cfg, preemption)
     from takd.train.supervised import TRAINERS
 
-    return TRAINERS[cfg.method](cfg)
+    return TRAINERS[cfg.method](cfg, preemption)
 
 
-def run_stage(cfg: StageConfig) -> Path:
-    """Train the stage (or resume it) and return its `final/` HF directory."""
+def run_stage(cfg: StageConfig, preemption: PreemptionGuard | None = None) -> Path:
+    """Train the stage (or resume it) and return its `final/` HF directory. SIGUSR2/SIGTERM save a checkpoint at
+    the next step boundary and raise `Preempted` (with `preemption` given, the caller's guard is used)."""
     quiet_transformers()
-    final = trainer_for(cfg).run()
+    with preemption or PreemptionGuard() as guard:
+        final = trainer_for(cfg, guard).run()
     dist.shutdown()  # all ranks finished: leave the process group together
     return final

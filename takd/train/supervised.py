@@ -10,9 +10,9 @@ import torch
 from takd import dist
 from takd.data.examples import Example, encode_rows
 from takd.data.rows import load_rows, references, write_jsonl
-from takd.evaluate.generation import generate
 from takd.losses import divergence, masked_mean, shift_for_next_token, token_cross_entropy
 from takd.train.loop import Trainer
+from takd.train.validation import SEQKD_STREAM, sharded_generate
 
 
 def sft_terms(forward, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -69,12 +69,11 @@ class SeqKDTrainer(KDTrainer):
         if self.rank == 0:
             print(f"[{cfg.name}] SeqKD: teacher {cfg.teacher} samples {len(prompts)} responses on {self.world} "
                   f"process(es) -> {path}", flush=True)
-        shard, real = dist.padded_shard(prompts, self.rank, self.world)
-        outs = generate(self.teacher, self.tokenizer, shard, seed=cfg.seed + self.rank,
-                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.seqkd.generation_batch_size,
-                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, progress=self.rank == 0,
-                        synced_gpus=self.backend.lockstep)[:real]
-        outs = [o for part in dist.all_gather_objects(outs) for o in part]
+        # keyed per-prompt streams: the same teacher samples on 1 or N processes
+        outs = sharded_generate(self.teacher, self.tokenizer, prompts, seed=cfg.seed, stream=SEQKD_STREAM,
+                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.seqkd.generation_batch_size,
+                                device=self.backend.device, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                synced=self.backend.lockstep, progress=self.rank == 0)
         if self.rank == 0:
             write_jsonl(path, [{**e.row, "gold_output": references(e.row)[0], "output": o}
                                for e, o in zip(prompts, outs, strict=True)])  # complete or absent

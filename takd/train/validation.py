@@ -3,7 +3,9 @@
 
 Each rank takes a contiguous share of the validation prompts padded to equal length (`dist.padded_shard`), so that
 lockstep (ZeRO-3) forwards stay in step; sums are all-reduced and generations gathered: every rank gets the same
-metrics.
+metrics. Samples are drawn from keyed per-prompt streams (`keyed_generate`): a prompt's sample depends on the seed
+and its place in the validation set, not on the rank or batch it lands in, so validation Rouge-L and the best
+checkpoint are the same on 1 or N GPUs.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from __future__ import annotations
 import torch
 
 from takd import dist
-from takd.data.examples import Example, collate_sft
-from takd.evaluate.generation import generate
+from takd.data.examples import Example, collate_prompts, collate_sft, iterate
+from takd.evaluate.generation import cut_at_eos
 from takd.losses import shift_for_next_token, token_cross_entropy
+from takd.sampling import mixed_sample, stream_keys
+
+VALIDATION_STREAM = 1 << 20  # key streams; MiniLLM rollout rounds use 0, 1, 2, ... (far below)
+SEQKD_STREAM = (1 << 20) + 1
 
 
 @torch.no_grad()
@@ -51,14 +57,43 @@ def validation_loss(model, examples: list[Example], pad_id: int, batch_size: int
     return num / max(den, 1.0)
 
 
-def validation_generations(model, tokenizer, examples: list[Example], *, seed: int, max_new_tokens: int,
-                           synced: bool) -> list[str]:
-    """One sample per validation prompt; ranks generate their shares (synchronised under ZeRO-3), all get all."""
-    rank = dist.rank()
-    shard, real = dist.padded_shard(examples, rank, dist.world_size())
-    preds = generate(model, tokenizer, shard, seed=seed + rank, max_new_tokens=max_new_tokens,
-                     no_repeat_ngram_size=0, synced_gpus=synced)[:real]
+@torch.no_grad()
+def keyed_generate(model, tokenizer, examples: list[Example], *, seed: int, stream: int, first_position: int,
+                   max_new_tokens: int, batch_size: int, device, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0, synced: bool = False, progress: bool = False) -> list[str]:
+    """One sampled response per example, example i drawn from the keyed stream (seed, stream, first_position + i):
+    independent of batch composition and rank. synced: every rank calls with the same number of batches (ZeRO-3)."""
+    batches = list(iterate(examples, batch_size))
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="generate", leave=False, mininterval=30.0)
+    out, position = [], first_position
+    for chunk in batches:
+        p = dist.to_device(collate_prompts(chunk, tokenizer.pad_token_id), device)
+        ro = mixed_sample(model, None, p["input_ids"], p["attention_mask"], alpha=0.0, max_new_tokens=max_new_tokens,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                          temperature=temperature, top_k=top_k, top_p=top_p, synced=synced,
+                          row_keys=stream_keys(seed, stream, range(position, position + len(chunk))))
+        out.extend(cut_at_eos(ro.response_ids[i][ro.response_mask[i]].tolist(), tokenizer) for i in range(len(chunk)))
+        position += len(chunk)
+    return out
+
+
+def sharded_generate(model, tokenizer, examples: list[Example], **kw) -> list[str]:
+    """`keyed_generate` over all ranks: each samples its padded share, every rank gets every sample, in order."""
+    rank, world = dist.rank(), dist.world_size()
+    shard, real = dist.padded_shard(examples, rank, world)
+    first = rank * len(shard)  # padded shards are equal: rank r's items start at r·len(shard)
+    preds = keyed_generate(model, tokenizer, shard, first_position=first, **kw)[:real]
     return [p for part in dist.all_gather_objects(preds) for p in part]
+
+
+def validation_generations(model, tokenizer, examples: list[Example], *, seed: int, max_new_tokens: int,
+                           batch_size: int, device, synced: bool) -> list[str]:
+    """One sample per validation prompt at temperature 1, no filter (the reference's in-training validation)."""
+    return sharded_generate(model, tokenizer, examples, seed=seed, stream=VALIDATION_STREAM,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, synced=synced)
 
 
 class BestKeeper:

@@ -29,16 +29,29 @@ class Sample:
     weights: list[float]  # w_t = q_old(y_t) / p̃(y_t)
     rewards: list[float]  # r_t = log p(y_t) − log q_old(y_t), scaled and clipped
     position: int = 0  # place in its round's global prompt stream (the gathered buffer's order)
+    # positions that enter the loss: false where a sampling filter left q_old or the teacher at −inf (None: all)
+    valid: list[bool] | None = None
+    kept_ids: list[list[int]] | None = None  # with top-k/top-p: the student's kept token ids at each position
 
 
 def collate_rollouts(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
-    """`collate_sequences` plus the per-token rollout tensors [B, T] (zero/one padded)."""
-    return {
+    """`collate_sequences` plus the per-token rollout tensors [B, T] (zero/one padded); `mask` keeps only the valid
+    positions, and with a sampling filter `kept_ids` [B, T, K] holds each position's kept set (padded with repeats)."""
+    batch = {
         **collate_sequences([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id),
         "logq_old": pad_right([s.logq_old for s in samples], 0.0, torch.float32),
         "weights": pad_right([s.weights for s in samples], 1.0, torch.float32),
         "rewards": pad_right([s.rewards for s in samples], 0.0, torch.float32),
     }
+    if any(s.valid is not None for s in samples):
+        valid = [s.valid if s.valid is not None else [True] * len(s.response_ids) for s in samples]
+        batch["mask"] = batch["mask"] & pad_right(valid, False, torch.bool)
+    if samples[0].kept_ids is not None:
+        T = batch["response_ids"].shape[1]
+        K = max(len(k) for s in samples for k in s.kept_ids)
+        rows = [[k + [k[0]] * (K - len(k)) for k in s.kept_ids] + [[0] * K] * (T - len(s.kept_ids)) for s in samples]
+        batch["kept_ids"] = torch.tensor(rows, dtype=torch.long)
+    return batch
 
 
 @dataclass

@@ -13,26 +13,11 @@ import torch
 from takd import dist
 from takd.data.examples import EpochSampler, Example, collate_prompts
 from takd.losses import per_position_divergence, reverse_kl
-from takd.sampling import collate_sequences, mixed_sample, process_logits, response_logits
+from takd.sampling import collate_sequences, is_filtered, mixed_sample, response_logits, restricted_logits, stream_keys
 from takd.train.backend import Backend
-from takd.train.config import MiniLLMStage, SamplingConfig
+from takd.train.config import MiniLLMStage
 from takd.train.minillm import objective as M
 from takd.train.minillm.buffer import Sample
-
-
-def rollout_keys(seed: int, round_: int, positions: list[int]) -> torch.Tensor:
-    """Per-row sampling keys: (seed, round) in the high 31 bits, the prompt's stream position in the low 32."""
-    high = (seed * 1_000_003 + round_) % 2**31
-    return torch.tensor([high * 2**32 + p for p in positions], dtype=torch.long)
-
-
-def is_unfiltered(s: SamplingConfig) -> bool:
-    return s.temperature == 1.0 and s.top_k == 0 and s.top_p == 1.0
-
-
-def sampling_logits(logits: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
-    """The sampling processors (temperature, top-k, top-p) applied to [B, T, V] logits; a no-op when unfiltered."""
-    return logits if is_unfiltered(s) else process_logits(logits, s.temperature, s.top_k, s.top_p)
 
 
 class RolloutCollector:
@@ -43,20 +28,25 @@ class RolloutCollector:
         self.student, self.teacher, self.tokenizer, self.backend = student, teacher, tokenizer, backend
         self.prompts = prompts
         self.prompt_sampler = EpochSampler(len(prompts), seed=cfg.seed + 1)
+        # half-precision compute: the sampler's incremental (KV-cached) log-probs differ from a full forward by more
+        # than the PPO clip, so q_old comes from a fresh forward like the training one: the ratio compares like
+        # with like (float32: equal up to rounding, tested, so the recorded values are used)
+        self.rescore = cfg.minillm.rescore or cfg.dtype != "float32"
 
     @torch.no_grad()
     def collect(self, round_: int) -> tuple[list[Sample], dict[str, float]]:
         """Round `round_`'s scored samples (gathered from every rank, in prompt-stream order) and their stats."""
         mc, world = self.mc, self.backend.world
         per_rank = mc.num_rollouts // world  # num_rollouts is global (reference §3)
-        sums = {"reward": 0.0, "tokens": 0.0, "rkl": 0.0}
+        sums = {"reward": 0.0, "tokens": 0.0, "rkl": 0.0, "length": 0.0}
         with self.backend.generating():
             local = self.roll_out(round_, per_rank, sums)
         samples = sorted((x for part in dist.all_gather_objects(local) for x in part), key=lambda x: x.position)
-        reward, tokens, rkl = dist.all_reduce_sum([sums["reward"], sums["tokens"], sums["rkl"]])
-        stats = {"reward": reward / max(tokens, 1), "response_len": tokens / max(len(samples), 1)}
+        reward, tokens, rkl, length = dist.all_reduce_sum([sums["reward"], sums["tokens"], sums["rkl"],
+                                                           sums["length"]])
+        stats = {"reward": reward / max(tokens, 1), "response_len": length / max(len(samples), 1)}
         if mc.alpha == 0.0:  # the rollout is pure-student already: its reverse KL came free with the scoring
-            stats.update(rev_kl=rkl / max(tokens, 1), student_response_len=stats["response_len"])
+            stats.update(rev_kl=rkl / max(length, 1), student_response_len=stats["response_len"])
         elif mc.log_student_rev_kl:  # the reference's extra student-only rollout, for logging only
             n_log = mc.rollout_batch_size * world
             first = [self.prompts[i] for i in self.prompt_sampler.peek_order()[:n_log]]
@@ -79,17 +69,21 @@ class RolloutCollector:
             ro = mixed_sample(self.student, self.teacher, p["input_ids"], p["attention_mask"], alpha=mc.alpha,
                               max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                               pad_token_id=self.tokenizer.pad_token_id, temperature=s.temperature, top_k=s.top_k,
-                              top_p=s.top_p, row_keys=rollout_keys(cfg.seed, round_, positions),
-                              record_logprobs=not mc.rescore, synced=self.backend.lockstep)
+                              top_p=s.top_p, row_keys=stream_keys(cfg.seed, round_, positions),
+                              record_logprobs=not self.rescore, synced=self.backend.lockstep)
             local.extend(self.score(chunk, ro, sums, positions))
         return local
 
     def score(self, chunk: list[Example], ro, sums: dict[str, float], positions: list[int]) -> list[Sample]:
-        """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a)."""
-        mc = self.mc
+        """Teacher/student log-probs of the sampled tokens, importance weights and rewards (reference §2a).
+
+        With a sampling filter both distributions are taken on the student's rollout-time kept set; positions where
+        q_old or the teacher is then −inf (a teacher-mixed token outside that set) are dropped from the loss."""
+        mc, s = self.mc, self.mc.sampling
         responses = [ro.response_ids[i, : int(ro.lengths[i])].tolist() for i in range(len(chunk))]
         T = max(len(r) for r in responses)
         mask = ro.response_mask[:, :T]
+        kept = ro.kept_ids[:, :T] if ro.kept_ids is not None else None
         if ro.student_logprobs is not None and ro.teacher_logprobs is not None and mc.alpha > 0.0:
             # α > 0: both models ran at every sampling step, so the log-probs are already there (no second pass)
             logq_old, logp_reward = ro.student_logprobs[:, :T], ro.teacher_logprobs[:, :T]
@@ -100,18 +94,27 @@ class RolloutCollector:
             tokens, mask = batch["response_ids"], batch["mask"]
             t_logits = response_logits(self.teacher, batch)
             log_p = M.log_probs(t_logits)  # full vocabulary, no temperature: the reward's teacher (reference §2a.4)
-            log_q = M.log_probs(sampling_logits(response_logits(self.student, batch), mc.sampling))
-            # the mixture's teacher goes through the sampling processors; with T=1, k=0, p=1 it is log_p itself
-            log_p_mix = log_p if is_unfiltered(mc.sampling) else M.log_probs(sampling_logits(t_logits, mc.sampling))
+            with self.backend.compute():
+                s_logits = response_logits(self.student, batch)
+            log_q = M.log_probs(restricted_logits(s_logits, s.temperature, kept))
+            # the mixture's teacher, on the student's kept set; with T=1, k=0, p=1 it is log_p itself
+            unfiltered = not is_filtered(s.temperature, s.top_k, s.top_p)
+            log_p_mix = log_p if unfiltered else M.log_probs(restricted_logits(t_logits, s.temperature, kept))
             logq_old, logp_reward, logp_mix = M.take(log_q, tokens), M.take(log_p, tokens), M.take(log_p_mix, tokens)
             if mc.alpha == 0.0:  # pure-student rollout: its exact reverse KL is the logged one, free here
                 sums["rkl"] += float((reverse_kl(log_q, log_p_mix) * mask).sum())
+        valid = mask & torch.isfinite(logq_old) & torch.isfinite(logp_mix)
+        logq_old, logp_mix = (torch.where(valid, x, torch.zeros_like(x)) for x in (logq_old, logp_mix))
         weights = M.importance_weights(logq_old, logp_mix, mc.alpha)
-        rewards = M.token_rewards(logp_reward, logq_old, mask, mc.reward_scaling, mc.reward_clip)
+        rewards = M.token_rewards(logp_reward, logq_old, valid, mc.reward_scaling, mc.reward_clip)
         sums["reward"] += float(rewards.sum())
-        sums["tokens"] += float(mask.sum())
+        sums["tokens"] += float(valid.sum())
+        sums["length"] += float(mask.sum())
+        filtered = kept is not None
         return [Sample(e.prompt_ids, r, logq_old[i, : len(r)].tolist(), weights[i, : len(r)].tolist(),
-                       rewards[i, : len(r)].tolist(), positions[i])
+                       rewards[i, : len(r)].tolist(), positions[i],
+                       valid[i, : len(r)].tolist() if filtered else None,
+                       kept[i, : len(r)].tolist() if filtered else None)
                 for i, (e, r) in enumerate(zip(chunk, responses, strict=True))]
 
     @torch.no_grad()
@@ -129,7 +132,7 @@ class RolloutCollector:
             ro = mixed_sample(self.student, None, p["input_ids"], p["attention_mask"], alpha=0.0,
                               max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                               pad_token_id=self.tokenizer.pad_token_id, synced=self.backend.lockstep,
-                              row_keys=rollout_keys(seed, 0, list(range(first, first + len(shard)))))
+                              row_keys=stream_keys(seed, 0, list(range(first, first + len(shard)))))
             batch = ro.as_batch()
             student_logits = response_logits(self.student, batch)
         per_token = per_position_divergence(student_logits, response_logits(self.teacher, batch), "rkl")

@@ -27,12 +27,13 @@ from takd.config import ConfigError
 from takd.data.corpus import PackedCorpus, pack_corpus
 from takd.data.examples import EpochSampler, encode_rows
 from takd.data.rows import data_dir, load_rows
+from takd.models.loading import disable_dropout
 from takd.models.registry import base_model_name
-from takd.sampling import response_logits
+from takd.sampling import response_logits, restricted_logits
 from takd.train.loop import Trainer
 from takd.train.minillm import objective as M
 from takd.train.minillm.buffer import RolloutBuffer, collate_rollouts
-from takd.train.minillm.rollouts import RolloutCollector, sampling_logits
+from takd.train.minillm.rollouts import RolloutCollector
 
 
 class MiniLLMTrainer(Trainer):
@@ -40,7 +41,10 @@ class MiniLLMTrainer(Trainer):
 
     def setup(self) -> None:
         super().setup()
-        self.student.eval()  # reference: no dropout during RL
+        # reference: no dropout during RL. It stays in train mode (with every dropout at 0, the same computation)
+        # because transformers checkpoints activations only in train mode; decoding switches to eval by itself.
+        disable_dropout(self.student)
+        self.student.train()
         cfg = self.cfg
         if cfg.minillm.num_rollouts // self.world < cfg.micro_batch_size:
             raise ConfigError(f"minillm.num_rollouts={cfg.minillm.num_rollouts} gives each of {self.world} "
@@ -79,17 +83,19 @@ class MiniLLMTrainer(Trainer):
     def micro_batches(self):
         m = self.cfg.micro_batch_size
         return [collate_rollouts(self.buffer.next_micro_batch(m, self.world, self.rank, self.collect),
-                                 self.tokenizer.pad_token_id) for _ in range(self.cfg.grad_accum_steps)]
+                                 self.tokenizer.pad_token_id) for _ in range(self.backend.accum)]
 
     def micro_weight(self, batch) -> float:
         return 1.0  # reference: DeepSpeed averages micro-batch token means over accumulation steps
 
     def loss_terms(self, batch):
         mc = self.cfg.minillm
-        mask, tokens = batch["mask"], batch["response_ids"]
-        # one log-softmax, two uses: the policy ratio and the single-step term
-        log_q = M.log_probs(sampling_logits(response_logits(self.backend.train_forward, batch), mc.sampling))
-        logq = M.take(log_q, tokens)
+        mask, tokens, kept = batch["mask"], batch["response_ids"], batch.get("kept_ids")
+        temperature = mc.sampling.temperature
+        # one log-softmax, two uses: the policy ratio and the single-step term; with a sampling filter both are on
+        # the student's rollout-time kept set (reference §2b: the inf_mask), dropped positions masked out
+        log_q = M.log_probs(restricted_logits(response_logits(self.backend.train_forward, batch), temperature, kept))
+        logq = torch.where(mask, M.take(log_q, tokens), torch.zeros_like(mask, dtype=log_q.dtype))
         returns = M.normalized_returns(batch["rewards"], mask, mc.gamma, mc.length_norm)
         if mc.whiten:
             # statistics over [B × max_new_tokens] with zero padding, as the reference pads responses to 256
@@ -103,7 +109,7 @@ class MiniLLMTrainer(Trainer):
         loss = terms["pg"]
         if mc.single_step:
             with torch.no_grad():
-                log_p = M.log_probs(sampling_logits(response_logits(self.teacher, batch), mc.sampling))
+                log_p = M.log_probs(restricted_logits(response_logits(self.teacher, batch), temperature, kept))
             terms["reg"] = M.single_step_rkl_from_logprobs(log_q, log_p, mask) * share
             loss = loss + terms["reg"]
         if self.corpus is not None:
