@@ -29,6 +29,7 @@ def _normalise(text: str) -> str:
 def _check(name: str, text: str) -> None:
     f = GOLDEN / name
     if os.environ.get("TAKD_UPDATE_GOLDEN") == "1":
+        f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(text)
     assert f.is_file(), f"no golden file {f}: run with TAKD_UPDATE_GOLDEN=1 once and review it"
     assert text == f.read_text(), f"{name} changed; if intended, regenerate with TAKD_UPDATE_GOLDEN=1 and review"
@@ -39,7 +40,7 @@ def narval_plan(tmp_path, monkeypatch, capsys):
     """The OPT chain planned for Narval and written (not submitted) to a real directory."""
     monkeypatch.setenv("TAKD_HOME", "/takd-home")
     monkeypatch.delenv("HF_HOME", raising=False)
-    monkeypatch.setattr("takd.chain.cli.check_offline", lambda chain: None)  # no weights on this machine
+    monkeypatch.setattr("takd.chain.cli.check_offline", lambda *a: None)  # no weights on this machine
     monkeypatch.setattr("takd.chain.launch.launch", lambda *a, **k: 0)
     run = tmp_path / "run"
     assert plan_main(["--chain", OPT, "--cluster", "narval", "--account", "def-lab", "--run-dir", str(run),
@@ -55,12 +56,34 @@ def test_stage_yaml_is_the_golden_resolved_config(narval_plan, stage):
     _check(f"{stage}.stage.yaml", text.replace(str(narval_plan), str(RUN)))
 
 
-def test_sbatch_of_the_first_distillation_stage_is_golden(narval_plan, monkeypatch, capsys):
+GOLDEN_SBATCH = {  # per cluster profile: a training stage and an evaluation stage (narval's is multi-node)
+    "narval": ("minillm-opt-13b-to-opt-6.7b", "eval-sft-opt-13b"),
+    "rorqual": ("minillm-opt-13b-to-opt-6.7b", "eval-sft-opt-13b"),
+    "fir": ("sft-opt-13b", "eval-minillm-opt-6.7b-to-opt-1.3b"),
+    "nibi": ("minillm-opt-13b-to-opt-6.7b", "eval-sft-opt-13b"),
+    "trillium": ("init-opt-6.7b", "eval-sft-opt-13b"),
+    "local": ("minillm-tiny-l-to-tiny-m", "eval-sft-tiny-l"),
+    "local-ddp": ("minillm-tiny-l-to-tiny-m", "eval-sft-tiny-l"),
+}
+
+
+@pytest.mark.parametrize("cluster", sorted(GOLDEN_SBATCH))
+def test_sbatch_scripts_are_golden_on_every_cluster_profile(cluster, monkeypatch, capsys):
     monkeypatch.setenv("TAKD_HOME", "/takd-home")
     monkeypatch.delenv("HF_HOME", raising=False)
-    assert plan_main(["--resume", str(narval_plan), "--show-sbatch", "minillm-opt-13b-to-opt-6.7b"]) == 0
-    text = _normalise(capsys.readouterr().out).replace(str(narval_plan), str(RUN))
-    _check("minillm-opt-13b-to-opt-6.7b.sbatch", text)
+    monkeypatch.setattr("takd.chain.cli.check_offline", lambda *a: None)  # no weights on this machine
+    chain = "tiny-l,tiny-m,tiny-s" if cluster.startswith("local") else OPT
+    for stage in GOLDEN_SBATCH[cluster]:
+        assert plan_main(["--chain", chain, "--cluster", cluster, "--account", "def-lab", "--run-dir", str(RUN),
+                          "--show-sbatch", stage]) == 0
+        _check(f"sbatch/{cluster}.{stage}.sbatch", _normalise(capsys.readouterr().out))
+    if cluster == "narval":
+        text = (GOLDEN / "sbatch" / "narval.minillm-opt-13b-to-opt-6.7b.sbatch").read_text()
+        assert "#SBATCH --nodes=4" in text and "export NCCL_ASYNC_ERROR_HANDLING=1" in text  # multi-node
+    if cluster == "trillium":
+        text = (GOLDEN / "sbatch" / "trillium.init-opt-6.7b.sbatch").read_text()
+        assert "--mem" not in text and "#SBATCH --gpus-per-node=h100:4" in text  # whole node, no memory request
+        assert 'export TRITON_CACHE_DIR="$SCRATCH/.cache/triton"' in text  # HOME is read-only in jobs
 
 
 def test_read_plan_gives_back_the_typed_stages(narval_plan):

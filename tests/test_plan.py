@@ -104,10 +104,12 @@ def test_narval_sbatch_for_stage_one_of_the_opt_chain(capsys, monkeypatch, tmp_p
                          "--show-sbatch", "sft-opt-13b"], capsys)
     assert rc == 0, err
     for line in ["#SBATCH --gpus-per-node=a100:4", "#SBATCH --account=def-lab", "#SBATCH --ntasks-per-node=4",
-                 "#SBATCH --time=720", "#SBATCH --signal=USR2@120", "export HF_HUB_OFFLINE=1",
+                 "#SBATCH --time=1731", "#SBATCH --signal=USR2@120", "export HF_HUB_OFFLINE=1",
                  "export TRANSFORMERS_OFFLINE=1", "module load StdEnv/2023"]:
         assert line in out, line
     assert "warning: not in the local cache" in err  # a dry run warns; --submit refuses
+    # the time asked is the estimate with its margin: ~22.9 h x 1.25 + 0.25 h (takd/chain/timing.py), most of it
+    # validation decoding of the 2-node ZeRO-3 teacher; the role's old flat 12 h would have been killed
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -211,7 +213,8 @@ def test_a_warning_signal_mid_run_saves_requeues_and_loses_no_step(tmp_path):
 
 def test_multi_gpu_stages_get_the_estimated_zero_stage_and_teacher_placement(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    from takd.chain.plan import assign_resources, build_plan
+    from takd.chain.allocate import assign_resources
+    from takd.chain.plan import build_plan
     from takd.chain.profiles import ChainProfile, load_cluster
     from takd.config import to_dict
 
@@ -238,11 +241,17 @@ def test_multi_gpu_stages_get_the_estimated_zero_stage_and_teacher_placement(cap
 
     narval = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(narval, load_cluster("narval"))
-    first = {s.name: s for s in narval}["minillm-opt-13b-to-opt-6.7b"]  # 40 GB: both models sharded over 8 GPUs
+    first = {s.name: s for s in narval}["minillm-opt-13b-to-opt-6.7b"]
+    # memory alone: both models sharded over 8 A100s (6.66B x 16/8 + 12.85B x 2/8 + 13.01 = 29.54 GB); but decoding
+    # then all-gathers both models across 2 nodes at every token: ~349 h, more than one 168 h job. 16 GPUs let the
+    # student be gathered whole for generation (6.66B x (16/16 + 2) + 12.85B x 2/16 + 13.01 = 34.59 GB) and halve
+    # the prompts per GPU: ~92 h, one job
     assert (first.nodes, first.gpus_per_node, first.config.deepspeed.zero_stage,
-            first.config.deepspeed.teacher_placement) == (2, 4, 3, "zero3")
-    assert first.config.deepspeed.gather_for_generation is False  # + 13.3 GB would not fit 36 GB
-    assert first.mem_per_gpu_gb == pytest.approx(29.54, abs=0.01)  # 6.66B x 16/8 + 12.85B x 2/8 + 13.01
+            first.config.deepspeed.teacher_placement) == (4, 4, 3, "zero3")
+    assert first.config.deepspeed.gather_for_generation is True
+    assert first.mem_per_gpu_gb == pytest.approx(34.59, abs=0.01)
+    assert first.jobs == 1 and 80 < first.est_hours < 100 and first.time_min <= 168 * 60
+    assert any("16 GPUs instead of the 8 that fit its memory" in n for n in first.notes)
 
     pinned = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(pinned, load_cluster("rorqual"), pinned=("deepspeed.zero_stage",))
@@ -287,7 +296,8 @@ def ckpt_complete(path: Path) -> bool:
 
 def test_a_profiles_deepspeed_keys_are_kept_when_they_fit_and_replaced_with_a_note_when_not(tmp_path):
     """Chain profile < the estimate's stated need < --set: the plan says which won."""
-    from takd.chain.plan import assign_resources, build_plan, plan_table
+    from takd.chain.allocate import assign_resources
+    from takd.chain.plan import build_plan, plan_table
     from takd.chain.profiles import ChainProfile, load_cluster
 
     def first_stage(profile, cluster, overrides=()):
@@ -316,3 +326,21 @@ def test_a_set_key_no_stage_has_is_an_error(capsys):
     assert rc == 2 and "--set minillm.gamma=1: no stage of this plan has that key" in err
     rc, out, _ = _run(["--chain", TINY, "--set", "minillm.gamma=1", "--no-eval"], capsys)  # sft stages lack it
     assert rc == 0 and "minillm-tiny-l-to-tiny-m" in out
+
+
+def test_the_time_estimate_hand_case():
+    """6·N·tokens at 35 % of peak, plus decoding at 60 % of HBM bandwidth (takd/chain/timing.py)."""
+    from takd.chain.timing import Hardware, Placement, decode_seconds_per_token, stage_hours
+    from takd.train.config import stage_config
+
+    hw = Hardware(peak_tflops=100, hbm_tb_s=2.0, nvlink_gb_s=400, internode_gb_s=25, gpus_per_node=4)
+    cfg = stage_config("sft", max_steps=100, batch_size=32, micro_batch_size=8, max_prompt_tokens=256,
+                       max_new_tokens=256, eval_every_steps=0, eval_prompts=16)
+    hours = stage_hours(cfg, 1e9, 0.0, hw, Placement(1, 1), checkpointing=False, n_examples=1000)
+    train = 6 * 1e9 * 32 * 512 * 100 / (100e12 * 0.35)  # 280.9 s
+    decode = 256 * 2e9 / (2e12 * 0.6)  # one validation call of 16 prompts, 256 tokens
+    assert hours["train"] == pytest.approx(train / 3600) and hours["validation"] == pytest.approx(decode / 3600)
+    # a ZeRO-3 model not gathered, 8 GPUs on 2 nodes: every token also all-gathers 7/8 of its weights over the
+    # node's 25 GB/s shared by 4 GPUs
+    assert decode_seconds_per_token(1e9, hw, Placement(2, 4), sharded=True) == pytest.approx(
+        2e9 / 1.2e12 + 2e9 * 7 / 8 / 6.25e9)

@@ -111,7 +111,8 @@ def test_the_global_batch_is_the_same_at_any_process_count():
 
 
 def test_the_same_chain_on_two_clusters_trains_every_stage_on_the_same_global_batch(tmp_path):
-    from takd.chain.plan import assign_resources, build_plan
+    from takd.chain.allocate import assign_resources
+    from takd.chain.plan import build_plan
     from takd.chain.profiles import default_profile, load_cluster, load_profile
 
     chain = ["opt-13b", "opt-6.7b", "opt-1.3b"]

@@ -25,14 +25,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 
 from takd import config as cfglib
+from takd.chain.allocate import assign_resources
 from takd.chain.plan import (
     METHODS,
     PlannedStage,
-    assign_resources,
     build_plan,
     check_offline,
     plan_table,
@@ -82,6 +84,10 @@ def resolve_account(args, cluster: ClusterProfile) -> str | None:
     if cluster.account_required and not account:
         raise ConfigError(f"cluster {cluster.name} needs a Slurm account: pass --account def-yourpi (or set "
                           "SLURM_ACCOUNT, or `account:` in ~/.config/takd.yaml)")
+    if account is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(account)):
+        # it lands in the sbatch script: a newline or a quote there would be a shell injection
+        raise ConfigError(f"Slurm account {str(account)!r} is not an account name (letters, digits, _ . - only), "
+                          "e.g. --account def-yourpi")
     return account
 
 
@@ -113,8 +119,11 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     bad = [b for b in baselines if b not in ("sft", "kd", "seqkd")]
     if bad:
         raise ConfigError(f"unknown baseline {bad[0]!r}; expected sft, kd, seqkd")
+    datasets = {profile.dataset: ("train", "valid")}
+    for ds in ([] if args.no_eval else profile.eval.datasets):
+        datasets[ds] = tuple(sorted(set(datasets.get(ds, ())) | {profile.eval.split}))
     try:
-        check_offline(chain + (tas or []))
+        check_offline(chain + (tas or []), datasets)
     except ConfigError as err:
         if args.submit:
             raise
@@ -141,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(sbatch_script(run_dir, stages, meta, args.show_sbatch))
         return 0
-    print(plan_table(stages))
+    print(plan_table(stages, load_cluster(meta["cluster"]).rgu_per_gpu))
     if not (args.submit or args.resume):
         print(f"\n{len(stages)} stages. Nothing written; add --submit to create {run_dir} and submit.")
         return 0
+    cluster = load_cluster(meta["cluster"])
+    if cluster.submit_host and not socket.getfqdn().startswith(cluster.submit_host.split(".")[0]):
+        print(f"note: {cluster.name} takes GPU jobs from its GPU login node {cluster.submit_host} (this is "
+              f"{socket.getfqdn()}); sbatch may refuse them from here", file=sys.stderr)
     if not args.resume:
         write_plan(run_dir, stages, meta)
     from takd.chain.launch import launch

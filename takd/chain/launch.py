@@ -9,7 +9,9 @@ from the newest complete checkpoint by itself.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +62,9 @@ class StageJob(submitit.helpers.Checkpointable):
         from takd.train.run import run_stage
 
         self._check_inputs([cfg.student, cfg.teacher or ""])
+        from takd.chain.staging import maybe_stage
+
+        cfg = maybe_stage(cfg)
         with PreemptionGuard() as guard:  # installed over submitit's handlers, which it keeps for the hand-over
             try:
                 return run_stage(cfg, guard)
@@ -103,9 +108,15 @@ def slurm_parameters(st: PlannedStage, cluster: ClusterProfile, account: str | N
         p["account"] = account
     if cluster.partition:
         p["partition"] = cluster.partition
-    env_lines = [f"export {k}={v}" for k, v in job_environment().items()]
+    env_lines = [f"export {k}={shlex.quote(v)}" for k, v in job_environment().items()]
+    # the cluster's own variables may name $SCRATCH and the like: expanded in the job, so double quotes
+    env_lines += [f'export {k}="{v}"' for k, v in cluster.env.items()]
     if not (cluster.gpus_per_node and st.gpus_per_node):  # CPU stages: one thread per allocated core
         env_lines.append(f"export OMP_NUM_THREADS={p['cpus_per_task']}")
+    elif st.nodes * st.gpus_per_node > 1:  # a failed rank aborts the job, not hangs it (Alliance DeepSpeed page)
+        env_lines += ["export NCCL_ASYNC_ERROR_HANDLING=1", "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1"]
+    if cluster.stage_inputs and st.kind == "train":  # model inputs copied to node-local $SLURM_TMPDIR (staging.py)
+        env_lines.append("export TAKD_STAGE_INPUTS=1")
     p["setup"] = list(cluster.setup) + env_lines
     return p
 
@@ -210,21 +221,26 @@ def _write_timings(run_dir: Path, timings: dict[str, float], total: float) -> No
 
 def _launch_slurm(run_dir: Path, todo: list[PlannedStage], meta: dict, wait: bool) -> int:
     cluster = load_cluster(meta["cluster"])
+    record = run_dir / "jobs.yaml"
     job_ids: dict[str, str] = {}
     jobs = []
+    live = _settle_earlier_jobs(yaml.safe_load(record.read_text()) if record.is_file() else {}, todo)
     for st in todo:
+        if st.name in live:  # still running from an earlier launch: never two writers on one stage
+            job_ids[st.name] = live[st.name]
+            print(f"running   {st.name:34s} job {live[st.name]} (earlier launch; not resubmitted)", flush=True)
+            continue
         ex = make_executor("slurm", stage_dir(run_dir, st.name) / "slurm" / "%j")
         params = slurm_parameters(st, cluster, meta.get("account"))
         deps = [job_ids[d] for d in st.depends_on if d in job_ids]
-        if deps:
-            params["additional_parameters"] = {"dependency": "afterok:" + ":".join(deps)}
+        if deps:  # a dependant whose parent failed is cancelled at once, not left PENDING forever
+            params["additional_parameters"] = {"dependency": "afterok:" + ":".join(deps), "kill_on_invalid_dep": "yes"}
         ex.update_parameters(**params)
         job = ex.submit(StageJob(str(stage_dir(run_dir, st.name)), st.kind))
         job_ids[st.name] = job.job_id
         jobs.append((st, job))
         print(f"submitted {st.name:34s} job {job.job_id}" + (f"  after {','.join(deps)}" if deps else ""),
               flush=True)
-    record = run_dir / "jobs.yaml"
     old = yaml.safe_load(record.read_text()) if record.is_file() else {}
     old.update(job_ids)
     record.write_text(yaml.safe_dump(old, sort_keys=False))
@@ -241,3 +257,24 @@ def _launch_slurm(run_dir: Path, todo: list[PlannedStage], meta: dict, wait: boo
     if not failed:
         _summarise(run_dir)
     return 1 if failed else 0
+
+
+def _settle_earlier_jobs(recorded: dict[str, str], todo: list[PlannedStage]) -> dict[str, str]:
+    """Before a --resume submits: jobs of an earlier launch that are still PENDING (e.g. dependants of a failed
+    stage, waiting on a dependency that can never be met) are cancelled, since fresh ones replace them; those still
+    RUNNING are returned (stage name -> job id) and are not submitted again."""
+    ids = {str(recorded[st.name]): st.name for st in todo if st.name in recorded}
+    if not ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
+    stale = [job for job, state in states.items() if state == "PENDING" and job in ids]
+    if stale:
+        subprocess.run(["scancel", *stale], capture_output=True, timeout=30)
+        print(f"cancelled {len(stale)} stale pending job(s) of an earlier launch: {', '.join(stale)}", flush=True)
+    return {ids[job]: job for job, state in states.items()
+            if job in ids and state in ("RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING")}

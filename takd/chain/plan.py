@@ -14,7 +14,6 @@ one `stages/<stage>/stage.yaml` per stage: the resolved config that `takd.train 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,26 +21,16 @@ from typing import Literal
 import yaml
 
 from takd import config as cfglib
-from takd.chain.profiles import ChainProfile, ClusterProfile, profile_stage
-from takd.chain.resources import (
-    OVERHEAD_GB,
-    WORKING_GB,
-    choose_allocation,
-    has_dims,
-    kv_cache_gb,
-    per_gpu_gb,
-    working_gb,
-)
+from takd.chain.profiles import ChainProfile, profile_stage
 from takd.config import ConfigError
+from takd.data.rows import missing_splits
 from takd.evaluate.config import EvalJob, EvalSettings
 from takd.models import registry
 from takd.paths import final_dir, stage_dir
-from takd.train.config import StageConfig, fitting_micro_batch, load_stage, stage_class, uses_gradient_checkpointing
+from takd.train.config import StageConfig, load_stage, stage_class
 
 METHODS = ("minillm", "kd", "seqkd", "sft")
-ROLE_HOURS = {"sft": 12, "init": 12, "distill": 24, "baseline": 12, "eval": 2}  # default time limits
 Role = Literal["sft", "init", "distill", "baseline", "eval"]
-ENGINE_KEYS = ("zero_stage", "teacher_placement", "gather_for_generation")  # what the estimator chooses
 
 
 @dataclass
@@ -58,6 +47,8 @@ class PlannedStage:
     time_min: int = 60
     mem_per_gpu_gb: float = 0.0
     working_gb: float = 0.0  # of mem_per_gpu_gb: activations, logits, KV caches, overhead (resources.working_gb)
+    est_hours: float = 0.0  # estimated run time (takd.chain.timing); 0 without a GPU profile to estimate from
+    jobs: int = 1  # Slurm jobs it needs at the partition's time limit (requeued after a checkpoint)
     checkpointing: bool = False  # the student's activations are recomputed in the backward pass
     pinned: dict[str, str] = field(default_factory=dict)  # deepspeed.<key> -> "profile" | "--set"
     notes: list[str] = field(default_factory=list)  # what the planner decided against a stated setting, and why
@@ -93,11 +84,17 @@ def validate_chain(chain: list[str]) -> list[registry.ModelSpec]:
     return specs
 
 
-def check_offline(chain: list[str]) -> None:
-    missing = [m for m in chain if not registry.is_available_offline(m)]
-    if missing:
-        raise ConfigError(f"not in the local cache (jobs run offline): {', '.join(missing)}; on a login node run: "
-                          f"{registry.prepare_command(missing)}")
+def check_offline(models: list[str], datasets: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Jobs run offline: every model must be complete in the local cache (config, weights, tokenizer) and every
+    dataset split the stages read must be prepared. One ConfigError naming what is missing and the command."""
+    missing = {m: p for m in models if (p := registry.offline_problems(m))}
+    gaps = [m if p == ["everything (not in the HF cache)"] else f"{m} (missing: {'; '.join(p)})"
+            for m, p in missing.items()]
+    lacking = {d: m for d, splits in (datasets or {}).items() if (m := missing_splits(d, splits))}
+    gaps += [f"dataset {d} ({', '.join(m)})" for d, m in lacking.items()]
+    if gaps:
+        raise ConfigError(f"not in the local cache (jobs run offline): {', '.join(gaps)}; on a login node run: "
+                          f"{registry.prepare_command(list(missing), list(lacking))}")
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -192,131 +189,33 @@ def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path) -> Plan
     return PlannedStage(name, "eval", st.model, [st.name], job, st.label)
 
 
-# ------------------------------------------------------------------------------------------------ resources
-def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile, pinned: tuple[str, ...] = ()) -> None:
-    """Nodes × GPUs, ZeRO stage and teacher placement from the memory estimate; time limit per role.
-
-    A `deepspeed.*` key the user set (--set, or `pinned`) is kept whatever the estimate says; one the chain profile
-    set is kept when it fits, and otherwise replaced by the estimate's choice with a note in the plan."""
-    for st in stages:
-        st.time_min = int(60 * min(cluster.max_time_hours, ROLE_HOURS[st.role]))
-        if cluster.gpus_per_node == 0:
-            if st.kind == "train" and cluster.cpu_tasks_per_node > 1:
-                st.config.deepspeed.enabled = True
-            if st.kind == "train":
-                _fit_batch(st, cluster.cpu_tasks_per_node)
-            continue
-        spec = registry.resolve(st.model)
-        if st.kind == "eval":  # inference only: bf16 weights (2 of the 16 B/param) and the generation's KV cache
-            ev = st.config
-            working = OVERHEAD_GB + kv_cache_gb(spec, ev.batch_size, ev.max_prompt_tokens + ev.max_new_tokens) \
-                if has_dims(spec) else WORKING_GB
-            alloc = choose_allocation(spec.params_m / 8, 0.0, cluster.gpu_mem_gb, cluster.gpus_per_node,
-                                      working=working)
-            _place(st, alloc, cluster)
-            continue
-        teacher = registry.resolve(st.teacher_model) if st.teacher_model else None
-        teacher_m = teacher.params_m if teacher else 0.0
-        st.checkpointing = uses_gradient_checkpointing(st.config, spec.params_m * 1e6)
-        st.config.gradient_checkpointing = st.checkpointing  # stated in stage.yaml, as the estimate assumed it
-        st.working_gb = working_gb(st.config, spec, teacher, st.checkpointing)
-        _assign_engine(st, spec.params_m, teacher_m, cluster, {**st.pinned, **{k: "--set" for k in pinned}})
-        world = st.nodes * st.gpus_per_node
-        _fit_batch(st, world)
-        # the estimate of what was chosen, with the micro-batch the stage will really run
-        st.working_gb = working_gb(st.config, spec, teacher, st.checkpointing)
-        ds = st.config.deepspeed
-        st.mem_per_gpu_gb = per_gpu_gb(spec.params_m, teacher_m, ds.zero_stage if ds.enabled else 1,
-                                       ds.teacher_placement if ds.enabled else "replicated", world,
-                                       ds.enabled and ds.gather_for_generation, st.working_gb)
-
-
-def _fit_batch(st: PlannedStage, world: int) -> None:
-    """Keep the stage's global batch on `world` processes: the micro-batch shrinks to a divisor of the per-process
-    share when needed (noted), so micro-batch × accumulation × processes = batch_size exactly."""
-    cfg = st.config
-    micro = fitting_micro_batch(cfg, world)
-    if micro is None:
-        raise ConfigError(f"stage {st.name}: batch_size={cfg.batch_size} cannot be split over {world} processes; "
-                          f"set it to a multiple of {world} (--set batch_size=...)")
-    if micro != cfg.micro_batch_size:
-        if st.pinned.get("micro_batch_size") == "--set":
-            raise ConfigError(f"stage {st.name}: --set micro_batch_size={cfg.micro_batch_size} does not divide the "
-                              f"{cfg.batch_size // world} sequences per process of batch_size={cfg.batch_size} on "
-                              f"{world} processes; {micro} does")
-        st.notes.append(f"{st.name}: micro_batch_size {cfg.micro_batch_size} -> {micro}, so that {world} "
-                        f"process(es) keep the global batch of {cfg.batch_size}")
-        cfg.micro_batch_size = micro
-    if cfg.method == "minillm" and cfg.minillm.num_rollouts % world:
-        raise ConfigError(f"stage {st.name}: minillm.num_rollouts={cfg.minillm.num_rollouts} cannot be shared "
-                          f"equally by {world} processes; set it to a multiple of {world}")
-
-
-def _assign_engine(st: PlannedStage, student: float, teacher: float, cluster: ClusterProfile,
-                   pins: dict[str, str]) -> None:
-    ds = st.config.deepspeed
-    held = {src: {k: getattr(ds, k) for k in ENGINE_KEYS if pins.get(f"deepspeed.{k}") == src}
-            for src in ("--set", "profile")}
-
-    cfg = st.config
-    shared = math.gcd(cfg.batch_size, cfg.minillm.num_rollouts) if cfg.method == "minillm" else cfg.batch_size
-
-    def choose(fixed):
-        return choose_allocation(student, teacher, cluster.gpu_mem_gb, cluster.gpus_per_node, fixed=fixed,
-                                 working=st.working_gb, batch=shared)
-
-    alloc = choose({**held["--set"], **held["profile"]})
-    if alloc is None and held["profile"]:
-        alloc = choose(held["--set"])
-        if alloc is not None:
-            st.notes.append(f"{st.name}: the profile's deepspeed {_kv(held['profile'])} does not fit "
-                            f"{cluster.gpus_per_node}x{cluster.gpu_mem_gb:g}GB nodes; the estimate's choice is used")
-            held["profile"] = {}
-    if alloc is None and held["--set"]:
-        alloc = choose({})
-        if alloc is not None:
-            st.notes.append(f"{st.name}: --set deepspeed {_kv(held['--set'])} kept, although the estimate says it "
-                            "does not fit; expect out-of-memory")
-    if alloc is None:
-        raise ConfigError(f"stage {st.name}: {st.model} does not fit on {cluster.max_time_hours:g}h nodes of "
-                          f"{cluster.gpus_per_node}x{cluster.gpu_mem_gb:g}GB even with ZeRO-3 on 4 nodes")
-    _place(st, alloc, cluster)
-    if st.nodes * st.gpus_per_node > 1:
-        ds.enabled = True
-        chosen = {"zero_stage": alloc.zero_stage, "teacher_placement": alloc.teacher_placement,
-                  "gather_for_generation": alloc.gather_for_generation}
-        for k, v in chosen.items():
-            if k not in held["--set"] and k not in held["profile"]:
-                setattr(ds, k, v)
-
-
-def _place(st: PlannedStage, alloc, cluster: ClusterProfile) -> None:
-    if cluster.whole_node_only and alloc.gpus_per_node not in (1, cluster.gpus_per_node):
-        alloc.gpus_per_node = cluster.gpus_per_node
-    st.nodes, st.gpus_per_node, st.mem_per_gpu_gb = alloc.nodes, alloc.gpus_per_node, alloc.mem_per_gpu_gb
-
-
-def _kv(values: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items())
-
-
 # ------------------------------------------------------------------------------------------------ display
-def plan_table(stages: list[PlannedStage]) -> str:
+def plan_table(stages: list[PlannedStage], rgu_per_gpu: float = 0.0) -> str:
+    """One line per stage: models, dependencies, GPUs and ZeRO choice, memory per GPU, estimated hours, the time
+    limit asked, GPU-hours (the estimate's, else the limit's); totals with the cluster's RGU-hours."""
     head = f"{'stage':34s} {'method':8s} {'teacher':22s} {'student':22s} {'after':30s} {'GPUs':>6s} " \
-           f"{'ZeRO':>6s} {'GB/GPU':>7s} {'time':>6s} {'GPU-h':>6s}"
+           f"{'ZeRO':>6s} {'GB/GPU':>7s} {'est.':>6s} {'limit':>6s} {'GPU-h':>6s}"
     lines = [head, "-" * len(head)]
+    total = 0.0
     for st in stages:
         train = st.kind == "train"
         teacher = _short(st.config.teacher or "") if train else ""
         student = _short(st.config.student if train else st.config.model)
         gpus = f"{st.nodes}x{st.gpus_per_node}" if st.gpus_per_node else "cpu"
-        gpuh = st.nodes * st.gpus_per_node * st.time_min / 60
+        gpuh = st.nodes * st.gpus_per_node * (st.est_hours or st.time_min / 60)
+        total += gpuh
+        est = f"{st.est_hours:5.1f}h" if st.est_hours else "-"
+        limit = f"{st.time_min / 60:4.1f}h" + (f"x{st.jobs}" if st.jobs > 1 else "")
         method = st.config.method if train else "eval"
         lines.append(f"{st.name:34s} {method:8s} {teacher:22s} {student:22s} {','.join(st.depends_on)[:30]:30s} "
-                     f"{gpus:>6s} {_zero_label(st):>6s} {st.mem_per_gpu_gb:7.1f} {st.time_min / 60:5.1f}h "
-                     f"{gpuh:6.0f}")
+                     f"{gpus:>6s} {_zero_label(st):>6s} {st.mem_per_gpu_gb:7.1f} {est:>6s} {limit:>6s} {gpuh:6.0f}")
     lines.append("ZeRO: the student's stage (3g: gathered whole for generation); +T3: teacher sharded by ZeRO-3 too; "
-                 "+off: optimizer in host memory")
+                 "+off: optimizer in host memory; est.: estimated run time (takd/chain/timing.py); limit: the time "
+                 "asked (x N: as N requeued jobs)")
+    if any(st.gpus_per_node for st in stages):
+        rgu = f", {total * rgu_per_gpu:,.0f} RGU-hours at {rgu_per_gpu:g} RGU per GPU-hour (compare with " \
+              "`sshare -l -A <account>`)" if rgu_per_gpu else ""
+        lines.append(f"total: {total:,.0f} GPU-hours{rgu}")
     lines += [f"note: {n}" for st in stages for n in st.notes]
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from takd import config as cfglib
 from takd.data import rows as data
 from takd.models import registry
+from takd.models.snapshots import NoWeights, cached_snapshot, hub_cache_dir, select_download, snapshot_problems
 from takd.paths import selfinst_file, takd_home
 
 # Hub sources of the evaluation/training sets (downloaded only here, never inside a job).
@@ -27,7 +28,14 @@ DATASET_SOURCES = {
 }
 
 
+class NotPrepared(RuntimeError):
+    """A model directory or download is incomplete; the message says what is missing."""
+
+
 def prepare_model(name: str) -> str:
+    """Build a tiny model, check a directory, or download a hub model's weights, config and tokenizer (only the
+    files `snapshots.select_download` picks, one worker, no xet: the Alliance's advice for login nodes); a model
+    counts as prepared only when its files are complete and it builds on the meta device."""
     from takd.models import loading
 
     spec = registry.resolve(name)
@@ -35,13 +43,35 @@ def prepare_model(name: str) -> str:
         d = loading.prepare_tiny(spec.name)
         n = loading.count_parameters(loading.load_model(spec.name))
         return f"{name}: built locally at {d} ({n / 1e6:.2f}M parameters)"
-    if registry.is_available_offline(name):
-        return f"{name}: already in the HF cache"
-    from huggingface_hub import snapshot_download
+    local = Path(spec.hf_id) if Path(spec.hf_id).is_dir() else cached_snapshot(spec.hf_id)
+    if local is not None and not snapshot_problems(local):
+        return f"{name}: ready at {local} ({verify_model(local, spec) / 1e6:,.0f}M parameters)"
+    if Path(spec.hf_id).is_dir():
+        raise NotPrepared(f"{name}: the directory lacks {'; '.join(snapshot_problems(spec.hf_id))}; save the "
+                          "complete model there (save_pretrained of the model and its tokenizer)")
+    from huggingface_hub import HfApi, snapshot_download
 
-    path = snapshot_download(spec.hf_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
-    loading.load_tokenizer_for(name)
-    return f"{name}: downloaded {spec.hf_id} -> {path}"
+    files = select_download(HfApi().list_repo_files(spec.hf_id), spec.hf_id)
+    path = Path(snapshot_download(spec.hf_id, allow_patterns=files, max_workers=1, cache_dir=hub_cache_dir()))
+    problems = snapshot_problems(path)
+    if problems:
+        raise NotPrepared(f"{name}: the download at {path} still lacks {'; '.join(problems)}")
+    size = sum((path / f).stat().st_size for f in files if (path / f).is_file()) / 1e9
+    return f"{name}: downloaded {spec.hf_id} ({len(files)} files, {size:.1f} GB) -> {path} " \
+           f"({verify_model(path, spec) / 1e6:,.0f}M parameters)"
+
+
+def verify_model(directory: Path, spec: registry.ModelSpec) -> int:
+    """Builds the model on the meta device from its config and loads its tokenizer, offline; the parameter count
+    must be the registry's (within 15 %) when it knows the model."""
+    from takd.models import loading
+
+    n = loading.meta_parameter_count(directory)
+    loading.load_tokenizer(directory)
+    if spec.params_m and abs(n / 1e6 - spec.params_m) > 0.15 * spec.params_m:
+        raise NotPrepared(f"{spec.name}: {directory} builds a model of {n / 1e6:,.0f}M parameters, not the "
+                          f"registry's {spec.params_m:,.0f}M: a different checkpoint?")
+    return n
 
 
 def prepare_dataset(name: str) -> str:
@@ -96,8 +126,21 @@ def hub_reachable(timeout_s: float = 5.0) -> bool:
 
 def needs_hub(kind: str, name: str) -> bool:
     if kind == "model":
-        return not registry.resolve(name).is_tiny and not registry.is_available_offline(name)
+        spec = registry.resolve(name)
+        return not spec.is_tiny and not Path(spec.hf_id).is_dir() and not registry.is_available_offline(name)
     return name in DATASET_SOURCES and not (data.data_dir(name) / "train.jsonl").is_file()
+
+
+def cache_advice() -> str | None:
+    """On a cluster, model weights belong under $PROJECT (shared, backed up) or $SCRATCH (purged after 60 days),
+    not in the 50 GB HOME: a line saying so when HF_HOME is unset or under HOME."""
+    if not (os.environ.get("PROJECT") or os.environ.get("SCRATCH")):
+        return None
+    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser().resolve()
+    if hf_home.is_relative_to(Path.home().resolve()):
+        return (f"HF_HOME={hf_home} is under HOME (50 GB quota): set HF_HOME=$PROJECT/hf-cache (shared by the group, "
+                "backed up) or $SCRATCH/hf-cache (purged after 60 days) before downloading large models")
+    return None
 
 
 def job_environment() -> dict[str, str]:
@@ -114,11 +157,25 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="", help="comma list of registry names / HF ids")
     ap.add_argument("--datasets", default="", help="comma list: builtin,dolly,selfinst,vicuna,sni,unni")
+    ap.add_argument("--record-listing", default=None, metavar="REPO",
+                    help="print a hub repo's file listing as JSON (to refresh tests/data/hub_listings.json)")
     args = ap.parse_args(argv)
+    # the Alliance's advice for login nodes (hf_xet "currently leads to failures"); read when huggingface_hub loads
+    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+    if args.record_listing:
+        import json
+
+        from huggingface_hub import HfApi
+
+        print(json.dumps({args.record_listing: sorted(HfApi().list_repo_files(args.record_listing))}, indent=1))
+        return 0
     names = [m for m in args.models.split(",") if m]
     sets = [d for d in args.datasets.split(",") if d]
     if not names and not sets:
         ap.error("nothing to prepare: give --models and/or --datasets")
+    advice = cache_advice()
+    if advice:
+        print(f"note: {advice}", file=sys.stderr)
     from takd.models.loading import quiet_transformers
 
     quiet_transformers()
@@ -135,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     continue
             print(fn(item), flush=True)
-        except cfglib.ConfigError as err:
+        except (cfglib.ConfigError, NotPrepared, NoWeights) as err:
             print(f"error: {err}", file=sys.stderr)
             failures += 1
         except Exception as err:  # network errors come in many types; report each in one line

@@ -100,6 +100,16 @@ class ClusterProfile:
     cpu_tasks_per_node: int = 1  # CPU-only profiles: processes per training stage (DeepSpeed on gloo when > 1)
     mem_gb: float = 0  # CPU-only profiles (local): memory per stage
     whole_node_only: bool = False  # 1 GPU or whole nodes (Trillium)
+    # the GPU's performance, for time estimates (takd.chain.timing); 0: no estimate
+    peak_tflops: float = 0  # dense bf16 TFLOP/s per GPU
+    hbm_tb_s: float = 0  # HBM bandwidth per GPU, TB/s
+    nvlink_gb_s: float = 0  # GPU-to-GPU bandwidth within a node, GB/s
+    internode_gb_s: float = 0  # network bandwidth per node, GB/s
+    rgu_per_gpu: float = 0  # Alliance reference GPU units one GPU costs per hour (allocation accounting)
+    max_jobs: int = 10  # jobs a stage may span (requeued at the time limit; submitit's timeout budget)
+    env: dict[str, str] = field(default_factory=dict)  # exported in every job (e.g. caches on scratch)
+    submit_host: str | None = None  # where GPU jobs are submitted from, when it is a special login node
+    stage_inputs: bool = False  # copy model inputs over 2 GB to node-local $SLURM_TMPDIR before loading
 
 
 def load_cluster(name: str) -> ClusterProfile:

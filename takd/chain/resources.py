@@ -24,6 +24,7 @@ MiniLLM's step holds the PPO micro-batch (logits on the response positions) and 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,22 +120,28 @@ def _allowed(option: tuple[int, str, bool], fixed: dict[str, Any]) -> bool:
             and (zero != 3 or fixed.get("gather_for_generation", gather) == gather))
 
 
-def choose_allocation(student_params_m: float, teacher_params_m: float, gpu_mem_gb: float, gpus_per_node: int,
-                      max_nodes: int = 4, headroom: float = 0.9, fixed: dict[str, Any] | None = None,
-                      working: float = WORKING_GB, batch: int | None = None) -> Allocation | None:
-    """The fewest GPUs, then the least sharding (ZeRO-1 < 2 < 3, replicated teacher < ZeRO-3 teacher), whose
-    estimate fits in headroom × GPU memory: fewer GPUs cost fewer GPU-hours; less sharding communicates less.
-    A ZeRO-3 student is gathered whole for generation when that still fits (much faster decoding). A sharded
-    teacher only pays off with a sharded student. fixed: `deepspeed.*` values the choice must keep (zero_stage,
-    teacher_placement, gather_for_generation); working: GB per GPU beyond the model states (`working_gb`); None
-    when nothing fits. batch: only GPU counts that divide it (the global batch is shared equally by the processes)."""
+def allocations(student_params_m: float, teacher_params_m: float, gpu_mem_gb: float, gpus_per_node: int,
+                max_nodes: int = 4, headroom: float = 0.9, fixed: dict[str, Any] | None = None,
+                working: float = WORKING_GB, batch: int | None = None, whole_nodes: bool = False
+                ) -> Iterator[Allocation]:
+    """Every allocation whose estimate fits in headroom × GPU memory, best first: the fewest GPUs, then the least
+    sharding (ZeRO-1 < 2 < 3, replicated teacher < ZeRO-3 teacher); fewer GPUs cost fewer GPU-hours, less
+    sharding communicates less. A ZeRO-3 student is gathered whole for generation when that still fits (much faster
+    decoding); a sharded teacher only pays off with a sharded student. fixed: `deepspeed.*` values every choice
+    keeps (zero_stage, teacher_placement, gather_for_generation); working: GB per GPU beyond the model states
+    (`working_gb`); batch: only GPU counts that divide it (the global batch is shared equally by the processes);
+    whole_nodes: 1 GPU or whole nodes only (Trillium)."""
     counts = [c for c in (1, 2, 4, 8) if c <= gpus_per_node] + [gpus_per_node * n for n in range(2, max_nodes + 1)]
-    counts = [c for c in counts if batch is None or batch % c == 0]
+    counts = [c for c in counts if (batch is None or batch % c == 0) and
+              (not whole_nodes or c == 1 or c % gpus_per_node == 0)]
     options = [o for o in OPTIONS if _allowed(o, fixed or {})]
     for n in counts:
         for zero, placement, gather in options:
             gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n, gather, working)
             if gb <= headroom * gpu_mem_gb:
-                nodes = max(1, n // gpus_per_node)
-                return Allocation(nodes, min(n, gpus_per_node), zero, placement, gb, gather)
-    return None
+                yield Allocation(max(1, n // gpus_per_node), min(n, gpus_per_node), zero, placement, gb, gather)
+
+
+def choose_allocation(*args: Any, **kwargs: Any) -> Allocation | None:
+    """The best allocation that fits (`allocations`), or None."""
+    return next(allocations(*args, **kwargs), None)

@@ -71,6 +71,17 @@ def data_dir(name: str) -> Path:
     return takd_home() / "data" / name
 
 
+def missing_splits(dataset: str, splits: tuple[str, ...]) -> list[str]:
+    """The splits of `dataset` that are not on this machine (jobs read them offline); [] when all are."""
+    if dataset == BUILTIN:
+        return []
+    if dataset.endswith(".jsonl"):
+        return [] if Path(dataset).is_file() else list(splits)
+    shared = selfinst_file() is not None and dataset == "selfinst"
+    return [s for s in splits if not (data_dir(dataset) / f"{s}.jsonl").is_file()
+            and not (shared and s in ("valid", "test"))]
+
+
 def load_rows(dataset: str, split: str, seed: int = 0) -> list[dict]:
     """Rows of `dataset`/`split`: `builtin` is generated; real sets come from the prepared local cache
     (or a path to a `.jsonl` file)."""

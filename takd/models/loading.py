@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, OPTConfig, PreTrainedModel
 
 from takd.data.tokenizers import gpt2_bpe, load_tokenizer, train_builtin_bpe
 from takd.models.registry import ModelNotPrepared, ModelSpec, prepare_command, registry, resolve, write_model_meta
+from takd.models.snapshots import cached_snapshot, snapshot_problems
 from takd.paths import gpt2_bpe_dir, takd_home
 
 TINY_MAX_POSITIONS = 512  # tokens
@@ -93,7 +94,10 @@ def tokenizer_for(spec: ModelSpec):
             raise ModelNotPrepared("gpt2-bpe tokenizer files not found: set TAKD_GPT2_BPE to a dir with vocab.json "
                                    "and merges.txt")
         return gpt2_bpe(bpe)
-    source = spec.hf_id if spec.hf_id and Path(spec.hf_id).is_dir() else spec.tokenizer
+    # the model's own files first (a prepared snapshot carries them); the family's tokenizer repo otherwise
+    own = Path(spec.hf_id) if spec.hf_id and Path(spec.hf_id).is_dir() else \
+        (cached_snapshot(spec.hf_id) if spec.hf_id else None)
+    source = own if own is not None and not snapshot_problems(own) else spec.tokenizer
     try:
         return load_tokenizer(source)
     except (OSError, ValueError) as err:
@@ -149,6 +153,17 @@ def _atomic_save(write, out: Path) -> None:
 
     with atomic_directory(out) as tmp:
         write(tmp)
+
+
+def meta_parameter_count(directory: str | Path) -> int:
+    """Build the model of a directory's config on the meta device (no memory, no weights read) and count its
+    parameters: proves this transformers knows the architecture and the config is sound."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return count_parameters(model)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

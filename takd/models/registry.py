@@ -8,13 +8,13 @@ HF directory is also accepted. The planner reads only this module, so planning n
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 from takd import config as cfglib
+from takd.models.snapshots import cached_snapshot, snapshot_problems
 from takd.paths import CONFIG_DIR
 
 
@@ -90,22 +90,28 @@ def _spec_from_dir(path: Path) -> ModelSpec:
     arch = arch if arch in ("opt", "gpt2", "llama") else "other"
     return ModelSpec(str(path), "local", arch, str(path), params_m=0.0, hf_id=str(path))
 
-def is_available_offline(name_or_path: str) -> bool:
-    """True when the model's config is on this machine (tiny models can always be built locally). Reads the HF
-    cache index only: no network, no torch."""
+def offline_problems(name_or_path: str) -> list[str]:
+    """What is missing for `name_or_path` to load without a network ([] when it can): a directory or the HF cache
+    snapshot must hold config, weights and tokenizer files (`snapshots.snapshot_problems`). Tiny models can always
+    be built locally. No network, no torch."""
     spec = resolve(name_or_path)
-    if spec.is_tiny or (spec.hf_id and Path(spec.hf_id).is_dir()):
-        return True
-    from huggingface_hub import try_to_load_from_cache
-
-    # the cache location is read from the environment now, not when huggingface_hub was imported
-    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
-    cache = os.environ.get("HF_HUB_CACHE") or str(hf_home / "hub")
-    return isinstance(try_to_load_from_cache(spec.hf_id, "config.json", cache_dir=cache), str)
+    if spec.is_tiny:
+        return []
+    if spec.hf_id and Path(spec.hf_id).is_dir():
+        return snapshot_problems(spec.hf_id)
+    snapshot = cached_snapshot(spec.hf_id)
+    return snapshot_problems(snapshot) if snapshot is not None else ["everything (not in the HF cache)"]
 
 
-def prepare_command(names: list[str]) -> str:
-    return f"python -m takd.prepare --models {','.join(names)}"
+def is_available_offline(name_or_path: str) -> bool:
+    return not offline_problems(name_or_path)
+
+
+def prepare_command(names: list[str], datasets: list[str] | None = None) -> str:
+    """The login-node command that prepares these models (and datasets)."""
+    parts = ([f"--models {','.join(names)}"] if names else []) + ([f"--datasets {','.join(datasets)}"] if datasets
+                                                                  else [])
+    return f"python -m takd.prepare {' '.join(parts)}"
 
 def write_model_meta(d: Path, base: str, **extra: Any) -> None:
     """Record which registry model a saved directory derives from (keeps tokenizer identity across stages)."""
