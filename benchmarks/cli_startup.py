@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import record
+
 HERE = Path(__file__).resolve().parent
 COMMANDS = ["plan", "train", "evaluate", "prepare", "status", "report"]
 
@@ -41,10 +43,7 @@ def main() -> None:
                        f"Command: `python benchmarks/cli_startup.py --repo {args.repo} --repeats {args.repeats}`; "
                        "median wall seconds of each command's `--help` (interleaved).", "",
                        "| command | seconds |", "|---|---|", *rows, ""])
-    print(block)
-    if not args.no_record:
-        with open(HERE / "RESULTS.md", "a") as fh:
-            fh.write(block)
+    record(block, write=not args.no_record)
 
 
 if __name__ == "__main__":

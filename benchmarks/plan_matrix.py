@@ -16,6 +16,8 @@ import datetime as dt
 import subprocess
 from pathlib import Path
 
+from _results import record
+
 from takd.chain.allocate import assign_resources
 from takd.chain.plan import _zero_label, build_plan
 from takd.chain.profiles import default_profile, load_cluster, load_profile
@@ -61,10 +63,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [row(t, s, c) for t, s in SETTINGS for c in CLUSTERS]
     block = "\n".join(lines + [""])
-    print(block)
-    if not args.no_record:
-        with open(HERE / "RESULTS.md", "a") as fh:
-            fh.write(block)
+    record(block, write=not args.no_record)
 
 
 if __name__ == "__main__":
