@@ -107,3 +107,105 @@ def prune(root: str | Path, keep: int, protect: tuple[Path, ...] = ()) -> None:
     for p in ckpts[: max(0, len(ckpts) - keep)]:
         if p.resolve() not in protected:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def recover(parent: str | Path) -> list[str]:
+    """Repair what a kill in the middle of `commit_directory` left in `parent`: a complete `.old-<name>-*` copy
+    whose `<name>` is missing is put back (so `best/` or `final/` is never lost), and every other leftover
+    `.old-*` / `.tmp-*` directory is removed. Returns what it did, one line each."""
+    parent = Path(parent)
+    done = []
+    if not parent.is_dir():
+        return done
+    for old in sorted(parent.glob(".old-*")):
+        name = old.name[len(".old-"):].rsplit("-", 1)[0]
+        if not (parent / name).exists() and is_complete(old):
+            old.rename(parent / name)
+            done.append(f"restored {parent / name} from an interrupted replacement")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed leftover {old.name}")
+    for tmp in parent.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        done.append(f"removed unfinished {tmp.name}")
+    return done
+
+
+class StageLock:
+    """One writer per stage: `<stage>/LOCK` names its holder (host, pid, Slurm job). A second writer refuses with a
+    line naming the holder; a lock whose holder is gone (a dead process on this host, a Slurm job that no longer
+    runs, or this very job requeued) is taken over."""
+
+    def __init__(self, directory: str | Path):
+        self.file = Path(directory) / "LOCK"
+        self.held = False
+
+    def _me(self) -> dict[str, str]:
+        import socket
+
+        return {"host": socket.gethostname(), "pid": str(os.getpid()), "job": os.environ.get("SLURM_JOB_ID", "")}
+
+    def _alive(self, holder: dict[str, str]) -> bool:
+        import socket
+        import subprocess
+
+        me = self._me()
+        if holder.get("job") and holder["job"] == me["job"]:
+            return False  # this job, requeued: its earlier run is gone
+        if holder.get("host") == socket.gethostname() and holder.get("pid", "").isdigit():
+            try:
+                os.kill(int(holder["pid"]), 0)
+                return True
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+        if holder.get("job"):
+            try:
+                out = subprocess.run(["squeue", "-h", "-j", holder["job"], "-o", "%T"], capture_output=True,
+                                     text=True, timeout=30).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                return True  # cannot tell: do not take a running job's stage
+            return out in ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED")
+        return True
+
+    def acquire(self) -> None:
+        import json
+
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.file.read_text() or "{}")
+                except (ValueError, OSError):
+                    holder = {}
+                if self._alive(holder):
+                    raise StageLocked(f"stage {self.file.parent.name} is being written by another run (host "
+                                      f"{holder.get('host', '?')}, pid {holder.get('pid', '?')}"
+                                      f"{', Slurm job ' + holder['job'] if holder.get('job') else ''}); wait for it, "
+                                      f"or remove {self.file} if it is no longer running") from None
+                self.file.unlink(missing_ok=True)  # its holder is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(self._me()))
+            self.held = True
+            return
+        raise StageLocked(f"could not take {self.file}")
+
+    def release(self) -> None:
+        if self.held:
+            self.file.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> StageLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class StageLocked(RuntimeError):
+    """Another writer holds the stage."""

@@ -8,6 +8,7 @@ so a typo in a YAML file fails before anything runs or is submitted.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,10 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration problem, worded so the user knows what to change."""
+
+
+class NotPrepared(ConfigError):
+    """A model or dataset is not on this machine (jobs run offline); the message names the prepare command."""
 
 
 def _type_name(tp: Any) -> str:
@@ -75,6 +80,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")
     if tp is int and isinstance(value, bool):
@@ -109,19 +116,47 @@ def from_dict(cls: type[T], data: dict, source: str = "<dict>") -> T:
         raise ConfigError(f"{source}: {str(err).lstrip(': ')}") from None
 
 
+MAX_CONFIG_BYTES = 1_000_000  # a config file is a few kB; anything near this is not one
+MAX_ALIASES = 100  # YAML aliases a config may use (an alias bomb expands exponentially when merged)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses more than MAX_ALIASES aliases."""
+
+    aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise ConfigError(f"more than {MAX_ALIASES} YAML aliases (refused: alias expansion)")
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing file or a syntax error becomes a one-line ConfigError."""
+    """Read a YAML mapping; a missing, empty, binary, oversized or malformed file is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
+    raw = path.read_bytes()
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(raw):,} bytes, too large for a config file (at most {MAX_CONFIG_BYTES:,})")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a config file holds YAML") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes); a config file holds YAML")
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(err, 'problem', err)})") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: is empty; a config file holds a YAML mapping of keys")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

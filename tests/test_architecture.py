@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "takd"
 # lowest first; a module belongs to the longest prefix that names it
 LAYERS = [
-    ("takd", "takd.config", "takd.paths", "takd.checkpoint", "takd.dist", "takd.losses"),
+    ("takd", "takd.config", "takd.paths", "takd.checkpoint", "takd.dist", "takd.losses", "takd.errors"),
     ("takd.data",),
     ("takd.models",),
     ("takd.sampling",),

@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import os
 import re
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ from takd.chain.plan import (
     PlannedStage,
     build_plan,
     check_offline,
+    check_positions,
+    check_teacher_path,
     plan_table,
     read_plan,
     validate_chain,
@@ -44,6 +47,8 @@ from takd.chain.plan import (
 )
 from takd.chain.profiles import ClusterProfile, default_profile, load_cluster, load_profile
 from takd.config import ConfigError
+from takd.data.rows import unknown_dataset
+from takd.errors import cli
 from takd.paths import git_revision, runs_root
 
 
@@ -119,6 +124,9 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     bad = [b for b in baselines if b not in ("sft", "kd", "seqkd")]
     if bad:
         raise ConfigError(f"unknown baseline {bad[0]!r}; expected sft, kd, seqkd")
+    for ds in [profile.dataset, *profile.eval.datasets]:
+        if (why := unknown_dataset(ds)) is not None:
+            raise ConfigError(f"{profile_path}: {why}")
     datasets = {profile.dataset: ("train", "valid")}
     for ds in ([] if args.no_eval else profile.eval.datasets):
         datasets[ds] = tuple(sorted(set(datasets.get(ds, ())) | {profile.eval.split}))
@@ -128,9 +136,16 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
         if args.submit:
             raise
         print(f"warning: {err}", file=sys.stderr)  # a dry run is still worth reading
+    slurm = (args.executor or ("slurm" if shutil.which("sbatch") else "local")) == "slurm"
+    if slurm and re.search(r"[\s'\"$`\\;|&<>]", str(run_dir.resolve())):
+        raise ConfigError(f"run directory {str(run_dir.resolve())!r} contains a space, quote or shell character: "
+                          "Slurm writes its log paths unquoted; choose --run-dir without them")
+    if args.teacher_path:
+        check_teacher_path(args.teacher_path, chain[-1])
     stages = build_plan(chain, run_dir=run_dir.resolve(), profile=profile, method=args.method,
                         direct=not args.no_direct, baselines=baselines, teacher_path=args.teacher_path, tas=tas,
                         overrides=args.overrides, evaluate=not args.no_eval)
+    check_positions(stages)
     assign_resources(stages, cluster)
     meta = {"chain": chain, "tas": tas, "profile": str(profile_path), "cluster": cluster.name, "account": account,
             "executor": args.executor, "git": git_revision(),
@@ -138,6 +153,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     return run_dir.resolve(), stages, meta
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:

@@ -9,6 +9,7 @@ from the newest complete checkpoint by itself.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,7 +24,20 @@ from takd import checkpoint as ckpt
 from takd.chain.plan import PlannedStage, load_stage_config
 from takd.chain.prepare import job_environment
 from takd.chain.profiles import ClusterProfile, load_cluster
+from takd.config import ConfigError
 from takd.paths import DONE, stage_dir
+
+
+def is_done(d: Path, kind: str) -> bool:
+    """DONE, with its output still there: a DONE stage whose `final/` (or results.csv) is gone is run again."""
+    if not (d / DONE).is_file():
+        return False
+    if ckpt.is_complete(d / "final") if kind == "train" else (d / "results.csv").is_file():
+        return True
+    (d / DONE).unlink(missing_ok=True)
+    print(f"{d.name}: marked DONE but its {'final/' if kind == 'train' else 'results.csv'} is gone: it runs again",
+          flush=True)
+    return False
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -34,7 +48,7 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         d = Path(self.stage_dir)
-        if (d / DONE).is_file():
+        if is_done(d, self.kind):
             return str(d)
         for key, value in job_environment().items():
             os.environ.setdefault(key, value)
@@ -139,7 +153,7 @@ def sbatch_script(run_dir: Path, stages: list[PlannedStage], meta: dict, stage_n
 
     st = next((s for s in stages if s.name == stage_name), None)
     if st is None:
-        raise SystemExit(f"error: no stage {stage_name!r}; stages: {', '.join(s.name for s in stages)}")
+        raise ConfigError(f"no stage {stage_name!r}; stages: {', '.join(s.name for s in stages)}")
     params = slurm_parameters(st, load_cluster(meta["cluster"]), meta.get("account"))
     folder = stage_dir(run_dir, st.name) / "slurm" / "%j"
     return _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit '{folder}'",
@@ -149,7 +163,7 @@ def sbatch_script(run_dir: Path, stages: list[PlannedStage], meta: dict, stage_n
 def launch(run_dir: Path, stages: list[PlannedStage], meta: dict, executor: str | None = None,
            wait: bool = False) -> int:
     kind = executor or meta.get("executor") or default_executor()
-    todo = [s for s in stages if not (stage_dir(run_dir, s.name) / DONE).is_file()]
+    todo = [s for s in stages if not is_done(stage_dir(run_dir, s.name), s.kind)]
     skipped = len(stages) - len(todo)
     if skipped:
         print(f"{skipped} stage(s) already DONE, skipped.")
@@ -173,9 +187,8 @@ def _run_in_order(run_dir: Path, todo: list[PlannedStage], kind: str) -> int:
         try:
             job.result()
         except Exception as err:  # the job's own traceback is in its log
-            first = str(err).strip().splitlines()
-            print(f"error: stage {st.name} failed ({first[-1] if first else type(err).__name__}); log: "
-                  f"{folder}; fix and rerun: python -m takd.plan --resume {run_dir}", file=sys.stderr)
+            print(f"error: stage {st.name} failed: {failure_cause(err)}; log: {folder}; fix and rerun: "
+                  f"python -m takd.plan --resume {run_dir}", file=sys.stderr)
             return 1
         timings[st.name] = time.time() - t_stage
         print(f"    done in {timings[st.name]:.0f}s", flush=True)
@@ -278,3 +291,11 @@ def _settle_earlier_jobs(recorded: dict[str, str], todo: list[PlannedStage]) -> 
         print(f"cancelled {len(stale)} stale pending job(s) of an earlier launch: {', '.join(stale)}", flush=True)
     return {ids[job]: job for job, state in states.items()
             if job in ids and state in ("RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING")}
+
+
+def failure_cause(err: BaseException) -> str:
+    """The exception line of a failed job's traceback (submitit's error text ends with log paths, not the cause)."""
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    pattern = re.compile(r"^([A-Za-z_][\w.]*)(Error|Exception|Exit|Interrupt|NotPrepared|Locked|Loss|Preempted)\b")
+    cause = next((x for x in reversed(lines) if pattern.match(x)), None)
+    return (cause or (lines[0] if lines else type(err).__name__))[:300]

@@ -14,6 +14,7 @@ one `stages/<stage>/stage.yaml` per stage: the resolved config that `takd.train 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,7 @@ from takd.config import ConfigError
 from takd.data.rows import missing_splits
 from takd.evaluate.config import EvalJob, EvalSettings
 from takd.models import registry
+from takd.models.snapshots import snapshot_problems
 from takd.paths import final_dir, stage_dir
 from takd.train.config import StageConfig, load_stage, stage_class
 
@@ -84,6 +86,39 @@ def validate_chain(chain: list[str]) -> list[registry.ModelSpec]:
     return specs
 
 
+def check_positions(stages: list[PlannedStage]) -> None:
+    """Prompt + response tokens must fit every model a stage runs: one line naming the stage and the limit."""
+    for st in stages:
+        cfg = st.config
+        models = [st.model] + ([st.teacher_model] if st.kind == "train" and st.teacher_model else [])
+        for m in models:
+            limit = registry.max_positions(m)
+            need = cfg.max_prompt_tokens + cfg.max_new_tokens
+            if limit is not None and need > limit:
+                raise ConfigError(f"stage {st.name}: max_prompt_tokens + max_new_tokens = {need} tokens, but {m} "
+                                  f"attends over at most {limit}; lower them (--set max_new_tokens=...)")
+
+
+def check_teacher_path(path: str, student: str) -> None:
+    """--teacher-path: a complete model directory, with the chain's vocabulary, larger than the student."""
+    d = Path(path)
+    if not d.is_dir():
+        raise ConfigError(f"--teacher-path {path}: no such directory (an HF directory of the fine-tuned teacher)")
+    problems = snapshot_problems(d)
+    if problems:
+        raise ConfigError(f"--teacher-path {path} is not a complete model directory (missing: {'; '.join(problems)})")
+    cfg = registry.local_config(str(d)) or {}
+    spec = registry.resolve(student)
+    vocab = spec.arch.get("vocab_size")
+    if vocab and cfg.get("vocab_size") and abs(int(cfg["vocab_size"]) - int(vocab)) > 128:  # embeddings are padded
+        raise ConfigError(f"--teacher-path {path} has a vocabulary of {cfg['vocab_size']} tokens, {student} "
+                          f"{vocab}: token-level distillation needs one vocabulary")
+    teacher_m = registry.resolve(str(d)).params_m or registry.config_params_m(cfg)
+    if teacher_m and spec.params_m and teacher_m <= spec.params_m:
+        raise ConfigError(f"--teacher-path {path} (~{teacher_m:,.0f}M parameters) is not larger than the student "
+                          f"{student} ({spec.params_m:,.0f}M)")
+
+
 def check_offline(models: list[str], datasets: dict[str, tuple[str, ...]] | None = None) -> None:
     """Jobs run offline: every model must be complete in the local cache (config, weights, tokenizer) and every
     dataset split the stages read must be prepared. One ConfigError naming what is missing and the command."""
@@ -98,12 +133,26 @@ def check_offline(models: list[str], datasets: dict[str, tuple[str, ...]] | None
 
 
 # ------------------------------------------------------------------------------------------------ planning
+PLAN_KEYS = ("name", "method", "student", "teacher", "dataset", "output_dir")  # the planner sets these per stage
+
+
+def slug(model: str) -> str:
+    """A model's part of a stage name: a registry name as it is, a hub id's org--name, a directory's name; only
+    letters, digits, '.', '_' and '-' (stage names name directories and Slurm jobs)."""
+    name = Path(model).name if Path(model).is_dir() else model.replace("/", "--")
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("-._") or "model"
+
+
 class _Overrides:
     """`--set key=value` items: each applies to the stages that have its key; one no stage has is an error."""
 
     def __init__(self, items: list[str]):
         self.items = [(text, cfglib.parse_override(text)[0]) for text in items]
         self.used: set[str] = set()
+        owned = [text for text, keys in self.items if keys[0] in PLAN_KEYS]
+        if owned:
+            raise ConfigError(f"--set {owned[0]}: the planner sets {owned[0].split('=')[0].split('.')[0]} for each "
+                              "stage; use --chain, --method, --profile (dataset) or --run-dir instead")
 
     def select(self, method: str) -> tuple[list[str], dict[str, str]]:
         """The items a stage of `method` has, and the `deepspeed.*` keys they pin."""
@@ -150,25 +199,25 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
     for ch in chains:
         validate_chain(ch)
         t = ch[0]
-        teacher_stage = teacher_path or f"sft-{t}"
+        teacher_stage = teacher_path or f"sft-{slug(t)}"
         if not teacher_path:
-            train("sft", "sft", f"sft-{t}", t, t, None, [], "teacher")
+            train("sft", "sft", f"sft-{slug(t)}", t, t, None, [], "teacher")
         for m in ch[1:]:
-            train("init", "sft", f"init-{m}", m, m, None, [], "init")
+            train("init", "sft", f"init-{slug(m)}", m, m, None, [], "init")
         prev = teacher_stage
         for i, m in enumerate(ch[1:], start=1):
-            deps = [d for d in (prev, f"init-{m}") if d in stages]
+            deps = [d for d in (prev, f"init-{slug(m)}") if d in stages]
             label = "ta" if i < len(ch) - 1 else ("via-ta" if len(ch) > 2 else "direct")
-            name = f"{method}-{ch[i - 1]}-to-{m}"
-            train("distill", method, name, m, f"init-{m}", prev, deps, label)
+            name = f"{method}-{slug(ch[i - 1])}-to-{slug(m)}"
+            train("distill", method, name, m, f"init-{slug(m)}", prev, deps, label)
             prev = name
         s = ch[-1]
         if direct and len(ch) > 2:
-            train("distill", method, f"{method}-{t}-to-{s}", s, f"init-{s}", teacher_stage,
-                  [d for d in (teacher_stage, f"init-{s}") if d in stages], "direct")
+            train("distill", method, f"{method}-{slug(t)}-to-{slug(s)}", s, f"init-{slug(s)}", teacher_stage,
+                  [d for d in (teacher_stage, f"init-{slug(s)}") if d in stages], "direct")
         for b in baselines:
             deps = [teacher_stage] if b != "sft" and teacher_stage in stages else []
-            train("baseline", b, f"baseline-{b}-{s}", s, s, None if b == "sft" else teacher_stage, deps,
+            train("baseline", b, f"baseline-{b}-{slug(s)}", s, s, None if b == "sft" else teacher_stage, deps,
                   f"baseline-{b}")
     sets.check_all_used()
     students = {ch[-1] for ch in chains}
@@ -246,7 +295,7 @@ def write_plan(run_dir: Path, stages: list[PlannedStage], meta: dict) -> Path:
         d = stage_dir(run_dir, st.name)
         d.mkdir(parents=True, exist_ok=True)
         (d / "stage.yaml").write_text(yaml.safe_dump(cfglib.to_dict(st.config), sort_keys=False))
-    manifest = {**meta, "stages": [_entry(s) for s in stages]}
+    manifest = {**meta, "run_dir": str(run_dir.resolve()), "stages": [_entry(s) for s in stages]}
     (run_dir / "plan.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return run_dir / "plan.yaml"
 
@@ -258,7 +307,15 @@ def load_stage_config(stage_yaml: Path, kind: str) -> StageConfig | EvalJob:
 
 
 def read_plan(run_dir: Path) -> tuple[dict, list[PlannedStage]]:
+    """A written plan, its stage configs read from their stage.yaml. A run directory that was moved is relocated
+    first: every path inside the old location is rewritten to the new one (said in one line), so that a resume
+    writes where the run now is."""
     manifest = cfglib.read_yaml(run_dir / "plan.yaml")
+    if not isinstance(manifest.get("stages"), list):
+        raise ConfigError(f"{run_dir}/plan.yaml is not a takd plan (no stages)")
+    old = manifest.get("run_dir")
+    if old and Path(old) != run_dir.resolve():
+        relocate(run_dir, Path(old), manifest)
     stages = []
     for entry in manifest.pop("stages"):
         entry = dict(entry)
@@ -268,3 +325,22 @@ def read_plan(run_dir: Path) -> tuple[dict, list[PlannedStage]]:
     return manifest, stages
 
 
+def relocate(run_dir: Path, old: Path, manifest: dict) -> None:
+    """Rewrite the paths of a moved run: every stage.yaml, and plan.yaml's record of where the run lives."""
+    new = run_dir.resolve()
+
+    def moved(value):
+        if isinstance(value, str) and (value == str(old) or value.startswith(str(old) + "/")):
+            return str(new) + value[len(str(old)):]
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        return value
+
+    for entry in manifest["stages"]:
+        f = stage_dir(run_dir, entry["name"]) / "stage.yaml"
+        f.write_text(yaml.safe_dump(moved(cfglib.read_yaml(f)), sort_keys=False))
+    manifest["run_dir"] = str(new)
+    (run_dir / "plan.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    print(f"note: the run moved from {old} to {new}: its stage paths now point there")

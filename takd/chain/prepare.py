@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 from takd import config as cfglib
+from takd.config import NotPrepared
 from takd.data import rows as data
+from takd.errors import cli
 from takd.models import registry
 from takd.models.snapshots import NoWeights, cached_snapshot, hub_cache_dir, select_download, snapshot_problems
 from takd.paths import selfinst_file, takd_home
@@ -26,10 +28,6 @@ from takd.paths import selfinst_file, takd_home
 DATASET_SOURCES = {
     "dolly": "databricks/databricks-dolly-15k",
 }
-
-
-class NotPrepared(RuntimeError):
-    """A model directory or download is incomplete; the message says what is missing."""
 
 
 def prepare_model(name: str) -> str:
@@ -152,6 +150,7 @@ def job_environment() -> dict[str, str]:
     return env
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m takd.prepare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -7,7 +7,6 @@ checkpoint step / max_steps) and the last logged metric.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,9 @@ import yaml
 
 from takd import checkpoint as ckpt
 from takd.chain.plan import read_plan
+from takd.errors import cli
 from takd.paths import DONE, stage_dir
+from takd.train.metrics_log import read_metrics
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -42,7 +43,7 @@ def stage_progress(directory: Path, max_steps: int | None) -> tuple[str, str]:
     last = ""
     metrics = directory / "metrics.jsonl"
     if metrics.is_file():
-        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        rows = read_metrics(metrics)
         evals = [r for r in rows if r["kind"] == "eval"]
         if evals:
             r = evals[-1]
@@ -56,6 +57,7 @@ def stage_progress(directory: Path, max_steps: int | None) -> tuple[str, str]:
     return progress, last
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m takd.status", description=__doc__)
     ap.add_argument("run_dir")

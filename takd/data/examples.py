@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from takd.config import ConfigError
 from takd.data.rows import format_prompt, references
 
 IGNORE_INDEX = -100
@@ -88,7 +89,8 @@ class EpochSampler:
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
         if n <= 0:
-            raise ValueError("EpochSampler needs at least one item (is the dataset empty after filtering?)")
+            raise ConfigError("no examples left to sample (every prompt longer than max_prompt_tokens, or an empty "
+                              "dataset): raise max_prompt_tokens or check the dataset")
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.epoch, self.position = 0, 0
         self._order = self._make_order()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from takd.config import ConfigError, NotPrepared
 from takd.paths import selfinst_file, takd_home
 
 BUILTIN = "builtin"
@@ -22,7 +23,7 @@ _HEAD_NO_INPUT = "Below is an instruction that describes a task. Write a respons
                  "the request."
 
 
-class DataNotPrepared(RuntimeError):
+class DataNotPrepared(NotPrepared):
     """A dataset is not in the local cache; the message names the prepare command."""
 
 
@@ -43,8 +44,35 @@ def references(row: dict) -> list[str]:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """The JSON objects of a JSONL file, one per non-empty line; a bad line is a one-line ConfigError."""
+    rows = []
+    with open(path, encoding="utf-8", errors="strict") as fh:
+        try:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise ConfigError(f"{path}: line {n} is not JSON") from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{path}: line {n} is not a JSON object")
+                rows.append(row)
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    return rows
+
+
+def check_rows(rows: list[dict], source: str) -> list[dict]:
+    """Instruction rows need an `instruction` and an `output` (a string or a list of strings); none is an error."""
+    if not rows:
+        raise ConfigError(f"{source}: no rows (an empty dataset)")
+    for n, row in enumerate(rows, start=1):
+        out = row.get("output")
+        if not isinstance(row.get("instruction"), str) or not (
+                isinstance(out, str) or (isinstance(out, list) and out and all(isinstance(o, str) for o in out))):
+            raise ConfigError(f"{source}: row {n} needs `instruction` (text) and `output` (text or list of texts)")
+    return rows
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
@@ -71,6 +99,15 @@ def data_dir(name: str) -> Path:
     return takd_home() / "data" / name
 
 
+def unknown_dataset(dataset: str) -> str | None:
+    """Why `dataset` names no dataset takd can read (None when it does)."""
+    if dataset == BUILTIN or dataset in REAL_DATASETS:
+        return None
+    if dataset.endswith(".jsonl"):
+        return None if Path(dataset).is_file() else f"no such file {dataset}"
+    return f"unknown dataset {dataset!r}; expected {BUILTIN}, one of {', '.join(REAL_DATASETS)}, or a .jsonl file"
+
+
 def missing_splits(dataset: str, splits: tuple[str, ...]) -> list[str]:
     """The splits of `dataset` that are not on this machine (jobs read them offline); [] when all are."""
     if dataset == BUILTIN:
@@ -90,13 +127,13 @@ def load_rows(dataset: str, split: str, seed: int = 0) -> list[dict]:
     if dataset == BUILTIN:
         return generate_split(split, seed=seed)
     if dataset.endswith(".jsonl"):
-        return read_jsonl(dataset)
+        return check_rows(read_jsonl(dataset), dataset)
     if dataset not in REAL_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected {BUILTIN}, one of {', '.join(REAL_DATASETS)}, "
-                         "or a path to a .jsonl file")
+        raise ConfigError(f"unknown dataset {dataset!r}; expected {BUILTIN}, one of {', '.join(REAL_DATASETS)}, "
+                          "or a path to a .jsonl file")
     f = data_dir(dataset) / f"{split}.jsonl"
     if f.is_file():
-        return read_jsonl(f)
+        return check_rows(read_jsonl(f), str(f))
     if dataset == "selfinst" and split in ("valid", "test") and selfinst_file() is not None:
         return selfinst_rows(selfinst_file())
     raise DataNotPrepared(f"dataset {dataset!r} split {split!r} not found at {f}; on a login node run: "

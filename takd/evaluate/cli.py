@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from takd import config as cfglib
+from takd.errors import cli
 from takd.evaluate.config import EvalJob
 
 
@@ -27,6 +28,7 @@ def load_job(args: argparse.Namespace) -> EvalJob:
     return cfglib.from_arguments(EvalJob, args, base, args.config or "command line")
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:

@@ -39,6 +39,8 @@ class EvalSettings:
         check(bool(self.seeds), "eval.seeds must list at least one seed")
         check(self.max_prompts >= 0 and self.batch_size >= 1 and self.max_new_tokens >= 1,
               "eval.max_prompts must be >= 0, batch_size and max_new_tokens >= 1")
+        check(self.max_prompt_tokens >= 1 and self.exposure_prompts >= 1,
+              "eval.max_prompt_tokens and eval.exposure_prompts must be >= 1")
 
 
 @dataclass

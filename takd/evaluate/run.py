@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from takd.config import ConfigError
 from takd.data.examples import Example, encode_rows
 from takd.data.rows import load_rows, references, write_jsonl
 from takd.evaluate.config import PROTOCOL_SEEDS, EvalJob
@@ -52,6 +53,9 @@ def run_evaluation(job: EvalJob) -> pd.DataFrame:
         ex = encode_rows(load_rows(ds, job.split), tok, job.max_prompt_tokens, job.max_new_tokens,
                          with_response=False)
         ex = ex[: job.max_prompts] if job.max_prompts else ex
+        if not ex:
+            raise ConfigError(f"dataset {ds} split {job.split}: no prompt fits max_prompt_tokens="
+                              f"{job.max_prompt_tokens}")
         t0 = time.time()
         df = evaluate_model(model, tok, ex, tuple(job.seeds), max_new_tokens=job.max_new_tokens,
                             batch_size=job.batch_size, meta={**meta, "dataset": ds},
@@ -79,7 +83,7 @@ def write_results(df: pd.DataFrame, out: Path) -> Path:
 
 
 def _judge_rows(job: EvalJob, ds: str, meta: dict) -> pd.DataFrame:
-    from takd.evaluate.judge import JudgeClient, JudgeUnavailable, judge_ratio
+    from takd.evaluate.judge import JudgeClient, JudgeUnavailable, judge_ratio, redact
 
     gens = [json.loads(x) for x in (Path(job.output_dir) / f"{ds}.gen.jsonl").read_text().splitlines() if x.strip()]
     first_seed = gens[0]["seed"]
@@ -91,9 +95,9 @@ def _judge_rows(job: EvalJob, ds: str, meta: dict) -> pd.DataFrame:
     except Exception as err:  # JudgeUnavailable, or a malformed reply: evaluation goes on without the judge
         if not isinstance(err, (JudgeUnavailable, ValueError)):
             raise
-        print(f"judge skipped: {err}", file=sys.stderr)
+        print(f"judge skipped: {redact(str(err))}", file=sys.stderr)
         return pd.DataFrame()
-    print(f"{ds:10s} judge_ratio  {res['judge_ratio']:6.2f}  ({res['items']} prompts)")
+    print(f"{ds:10s} judge_ratio  {res['judge_ratio']:6.2f}  ({res['items']} prompts, {res['skipped']} skipped)")
     return pd.DataFrame([{**meta, "dataset": ds, "seed": first_seed, "metric": "judge_ratio",
                           "value": res["judge_ratio"]}])
 

@@ -31,7 +31,7 @@ def tiny_config(spec: ModelSpec, vocab_size: int, eos_id: int) -> OPTConfig:
         num_attention_heads=a["num_attention_heads"],
         ffn_dim=a["ffn_dim"],
         word_embed_proj_dim=a["hidden_size"],
-        max_position_embeddings=TINY_MAX_POSITIONS,
+        max_position_embeddings=a.get("max_positions", TINY_MAX_POSITIONS),
         dropout=0.0,
         attention_dropout=0.0,
         pad_token_id=eos_id,

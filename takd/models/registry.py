@@ -18,8 +18,9 @@ from takd.models.snapshots import cached_snapshot, snapshot_problems
 from takd.paths import CONFIG_DIR
 
 
-class ModelNotPrepared(RuntimeError):
+class ModelNotPrepared(cfglib.NotPrepared):
     """A model or tokenizer is not in the local cache; the message names the prepare command."""
+
 
 @dataclass
 class ModelSpec:
@@ -89,6 +90,39 @@ def _spec_from_dir(path: Path) -> ModelSpec:
     arch = cfg.get("model_type", "other")
     arch = arch if arch in ("opt", "gpt2", "llama") else "other"
     return ModelSpec(str(path), "local", arch, str(path), params_m=0.0, hf_id=str(path))
+
+def local_config(name_or_path: str) -> dict | None:
+    """The config.json of a model directory or of a hub model's cached snapshot, if there is one here."""
+    spec = resolve(name_or_path)
+    d = Path(spec.hf_id) if spec.hf_id and Path(spec.hf_id).is_dir() else \
+        (cached_snapshot(spec.hf_id) if spec.hf_id else None)
+    if d is None or not (d / "config.json").is_file():
+        return None
+    try:
+        return json.loads((d / "config.json").read_text())
+    except ValueError:
+        return None
+
+
+def config_params_m(cfg: dict) -> float:
+    """Millions of parameters a decoder-only config implies (12·L·h² for the blocks + V·h for the embeddings),
+    0 when it does not say; for models the registry does not know."""
+    h = cfg.get("hidden_size") or cfg.get("n_embd") or 0
+    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0
+    return (12 * layers * h * h + (cfg.get("vocab_size") or 0) * h) / 1e6
+
+
+def max_positions(name_or_path: str) -> int | None:
+    """Tokens the model can attend over (prompt + response must fit): the registry's, else its config.json's."""
+    spec = resolve(name_or_path)
+    if spec.arch.get("max_positions"):
+        return int(spec.arch["max_positions"])
+    cfg = local_config(name_or_path) or {}
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    return None
+
 
 def offline_problems(name_or_path: str) -> list[str]:
     """What is missing for `name_or_path` to load without a network ([] when it can): a directory or the HF cache

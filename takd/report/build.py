@@ -9,7 +9,6 @@ length) read from each stage's metrics.jsonl. Figures are PNG files beside the r
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import matplotlib
@@ -20,19 +19,18 @@ import pandas as pd  # noqa: E402
 
 from takd.paths import git_revision  # noqa: E402
 from takd.report.collect import collect, direct_vs_ta, summary  # noqa: E402
+from takd.train.metrics_log import read_metrics  # noqa: E402
 
 
 def training_curves(run_dir: Path) -> pd.DataFrame:
     """Train/eval rows of every stage's metrics.jsonl: stage, step, kind, metric, value."""
     rows = []
     for f in sorted((run_dir / "stages").glob("*/metrics.jsonl")):
-        for line in f.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                for k, v in r.items():
-                    if k not in ("step", "kind"):
-                        rows.append({"run": run_dir.name, "stage": f.parent.name, "step": r["step"], "kind": r["kind"],
-                                     "metric": k, "value": v})
+        for r in read_metrics(f):
+            for k, v in r.items():
+                if k not in ("step", "kind"):
+                    rows.append({"run": run_dir.name, "stage": f.parent.name, "step": r["step"], "kind": r["kind"],
+                                 "metric": k, "value": v})
     return pd.DataFrame(rows)
 
 

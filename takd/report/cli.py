@@ -10,7 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from takd.errors import cli
 
+
+@cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m takd.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 
 from takd import checkpoint as ckpt
 from takd import dist
+from takd.config import ConfigError
 from takd.models.loading import load_model
 from takd.models.registry import write_model_meta
 from takd.train.backend import Backend
@@ -66,6 +68,116 @@ def write_hf(student, tokenizer, directory: Path, state_dict: dict[str, torch.Te
     if dtype is not None:
         config = json.loads((directory / "config.json").read_text())
         (directory / "config.json").write_text(json.dumps({**config, "dtype": str(dtype).split(".")[-1]}, indent=2))
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why a complete-marked checkpoint cannot be resumed from (a file truncated by a full disk or a failing node),
+    or None. Reads only headers: the trainer state, each weight file's safetensors header, the optimizer's zip
+    directory (or the DeepSpeed state's presence)."""
+    try:
+        state = load_trainer_state(directory)
+        if "step" not in state:
+            return "its trainer state has no step"
+    except Exception as err:  # noqa: BLE001 (any unreadable pickle)
+        return f"its trainer state is unreadable ({type(err).__name__})"
+    from safetensors import safe_open
+
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        return "it holds no weights"
+    for f in weights:
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception as err:  # noqa: BLE001
+            return f"{f.name} is unreadable ({type(err).__name__})"
+    opt = directory / "optimizer.pt"
+    if opt.is_file():
+        try:
+            zipfile.ZipFile(opt).close()
+        except (zipfile.BadZipFile, OSError):
+            return "its optimizer state is truncated"
+    elif not (directory / "ds").is_dir():
+        return "it holds no optimizer state"
+    return None
+
+
+def newest_loadable(root: Path, rank: int) -> Path | None:
+    """The newest complete checkpoint that loads. Rank 0 moves unloadable ones aside (`.bad-step-*`, kept for a
+    look), saying so, so that every rank then resumes from the same older one."""
+    if rank == 0:
+        for d in reversed(ckpt.list_checkpoints(root)):
+            problem = checkpoint_problem(d)
+            if problem is None:
+                break
+            bad = d.parent / f".bad-{d.name}"
+            shutil.rmtree(bad, ignore_errors=True)
+            d.rename(bad)
+            print(f"checkpoint {d} cannot be resumed from ({problem}); moved to {bad.name}, trying the previous one",
+                  flush=True)
+    dist.barrier()
+    return ckpt.latest_checkpoint(root)
+
+
+FINGERPRINT_IGNORES = ("name", "output_dir", "keep_checkpoints", "log_every_steps", "tensorboard",
+                       "save_every_steps", "eval_every_steps", "eval_prompts")
+
+
+LENGTH_KEYS = ("max_steps", "epochs")  # a resume may change how long a stage trains, nothing else
+
+
+def config_fingerprint(cfg) -> dict[str, Any]:
+    """What a stage's checkpoints depend on: its config without cadence and naming keys, with paths inside its run
+    directory written relative to it (so a moved run directory still resumes)."""
+    from takd import config as cfglib
+
+    run_root = str(Path(cfg.output_dir).resolve().parent.parent)
+    data = {k: v for k, v in cfglib.to_dict(cfg).items() if k not in FINGERPRINT_IGNORES}
+    for key in ("student", "teacher"):
+        if isinstance(data.get(key), str) and data[key].startswith(run_root + "/"):
+            data[key] = "<run>" + data[key][len(run_root):]
+    return data
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ, as 'key: old -> new'."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def resumable(root: Path, cfg, rank: int, force_config: bool = False) -> Path | None:
+    """The checkpoint a stage resumes from: the newest that loads, made with this config (its length aside). A
+    checkpoint of another config is refused with one line naming what changed, or with `force_config` all
+    checkpoints are moved aside and the stage starts afresh (a silent resume would train on the old config and
+    describe it wrongly)."""
+    latest = newest_loadable(root, rank)
+    if latest is None:
+        return None
+    old = load_trainer_state(latest).get("config")
+    changes = config_changes(old, config_fingerprint(cfg)) if old is not None else []
+    if all(c.split(":")[0] in LENGTH_KEYS for c in changes):
+        if changes and rank == 0:  # training for longer (or shorter) continues the same run
+            print(f"[{cfg.name}] resuming with {'; '.join(changes)}: the schedule now follows the new length",
+                  flush=True)
+        return latest
+    if not force_config:
+        raise ConfigError(f"stage {cfg.name}: its checkpoints were made with another config ({'; '.join(changes[:3])}"
+                          f"{'; ...' if len(changes) > 3 else ''}); restore that config, or rerun with --force-config "
+                          "to start the stage afresh (its checkpoints are moved aside)")
+    if rank == 0:
+        aside = root.parent / f"checkpoints.replaced-{latest.name}"
+        shutil.rmtree(aside, ignore_errors=True)
+        root.rename(aside)
+        print(f"[{cfg.name}] config changed ({'; '.join(changes[:3])}): old checkpoints moved to {aside}; starting "
+              "afresh", flush=True)
+    dist.barrier()
+    return None
 
 
 class Checkpointer:
@@ -115,6 +227,15 @@ class Checkpointer:
                 if verify:
                     load_model(str(d))
         dist.barrier()
+
+    def hand_off(self, out: Path, select_by: str, step: int) -> Path:
+        """Write `<out>/final/`: the kept best checkpoint by `select_by` (or the last weights), verified loadable."""
+        final, best = out / "final", out / "best"
+        if select_by != "last" and ckpt.is_complete(best):
+            self.promote(best, final)
+        else:
+            self.export(final, extra={"step": step}, verify=True)
+        return final
 
     def promote(self, best: Path, final: Path) -> None:
         """Copy the kept best checkpoint to `final/`, verified loadable."""

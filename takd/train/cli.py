@@ -15,6 +15,7 @@ import sys
 import yaml
 
 from takd import config as cfglib
+from takd.errors import cli
 from takd.train.config import STAGE_CLASSES, from_mapping, load_stage
 
 
@@ -25,10 +26,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--method", choices=sorted(STAGE_CLASSES), default=None,
                     help="with --show-config and no --config: the method whose defaults to print")
     ap.add_argument("--show-config", action="store_true", help="print the resolved stage config as YAML and exit")
+    ap.add_argument("--force-config", action="store_true",
+                    help="the stage's checkpoints were made with another config: move them aside and start afresh "
+                         "(without it, such a resume is refused)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=100 optim.lr=1e-4")
     return ap
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
@@ -47,12 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_config:
         print(yaml.safe_dump(cfglib.to_dict(cfg), sort_keys=False), end="")
         return 0
+    from takd.checkpoint import StageLocked
     from takd.train.loop import NonFiniteLoss
     from takd.train.preemption import Preempted
     from takd.train.run import run_stage
 
     try:
-        run_stage(cfg)
+        run_stage(cfg, force_config=args.force_config)
+    except (cfglib.ConfigError, StageLocked) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ reference's values (reference §4, §5), the single source of every default: `py
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ from takd import config as cfglib
 from takd.config import check
 
 Method = Literal["sft", "kd", "seqkd", "minillm"]
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # stage names: directory and Slurm job names
 Dtype = Literal["float32", "bfloat16", "float16"]
 DIVERGENCES = ("fkl", "rkl", "tvd", "jsd", "skl", "srkl")  # = takd.losses.KINDS (tested); names only, no torch
 
@@ -43,6 +45,8 @@ class OptimConfig:
         check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)")
         check(self.grad_clip_norm >= 0, "optim.grad_clip_norm must be >= 0 (0 disables clipping)")
+        check(self.eps > 0 and self.weight_decay >= 0, "optim.eps must be > 0 and optim.weight_decay >= 0")
+        check(0 <= self.min_lr <= self.lr, f"optim.min_lr must be in [0, optim.lr], got {self.min_lr}")
 
 
 @dataclass
@@ -88,6 +92,9 @@ class SeqKDConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # reference: top_k 0, top_p 1, T 1
     generation_batch_size: int = 16  # prompts per teacher generate call
 
+    def __post_init__(self) -> None:
+        check(self.generation_batch_size >= 1, "seqkd.generation_batch_size must be >= 1")
+
 
 @dataclass
 class MiniLLMConfig:
@@ -121,6 +128,9 @@ class MiniLLMConfig:
         check(self.ppo_epochs >= 1 and self.num_rollouts >= 1, "minillm.ppo_epochs and num_rollouts must be >= 1")
         check(self.reward_scaling > 0, "minillm.reward_scaling must be > 0")
         check(0.0 <= self.kd_ratio <= 1.0, f"minillm.kd_ratio must be in [0, 1], got {self.kd_ratio}")
+        check(self.rollout_batch_size >= 1, "minillm.rollout_batch_size must be >= 1")
+        check(self.pt_chunk_tokens >= 2, "minillm.pt_chunk_tokens must be >= 2 (inputs and next-token labels)")
+        check(self.reward_clip > 0 and self.lm_coef >= 0, "minillm.reward_clip must be > 0 and lm_coef >= 0")
 
 
 @dataclass
@@ -175,7 +185,15 @@ class StageConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self) -> None:
+        check(bool(NAME.fullmatch(self.name)), f"name {self.name!r} must be letters, digits, '.', '_' or '-' "
+                                               "(it names directories and Slurm jobs)")
+        check(bool(self.output_dir), "output_dir must not be empty")
         check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        check(self.max_new_tokens >= 1 and self.max_prompt_tokens >= 1,
+              f"max_new_tokens and max_prompt_tokens must be >= 1, got {self.max_new_tokens}, {self.max_prompt_tokens}")
+        check(self.log_every_steps >= 1, f"log_every_steps must be >= 1, got {self.log_every_steps}")
+        check(self.eval_every_steps >= 0 and self.eval_prompts >= 0 and self.seed >= 0,
+              "eval_every_steps, eval_prompts and seed must be >= 0")
         check(self.micro_batch_size >= 1 and self.batch_size >= 1, "batch_size and micro_batch_size must be >= 1")
         check(self.batch_size % self.micro_batch_size == 0,
               f"batch_size={self.batch_size} must be a multiple of micro_batch_size={self.micro_batch_size} "

@@ -13,6 +13,7 @@ trajectory (CPU: bit-identical up to float reassociation). A stage whose `final/
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections import defaultdict
@@ -30,7 +31,7 @@ from takd.evaluate.metrics import score
 from takd.models.loading import check_same_tokenizer, load_tokenizer_for, model_dir
 from takd.models.registry import base_model_name
 from takd.train.backend import create_backend
-from takd.train.checkpointing import Checkpointer, write_hf
+from takd.train.checkpointing import Checkpointer, config_fingerprint, resumable, write_hf
 from takd.train.config import StageConfig, optimizer_steps
 from takd.train.metrics_log import MetricsLog, progress_bar
 from takd.train.preemption import Preempted, PreemptionGuard
@@ -57,11 +58,12 @@ class Trainer:
 
     needs_teacher = False
 
-    def __init__(self, cfg: StageConfig, preemption: PreemptionGuard | None = None):
+    def __init__(self, cfg: StageConfig, preemption: PreemptionGuard | None = None, force_config: bool = False):
         self.cfg = cfg
         self.out = cfg.out
         self.step = 0
         self.preemption = preemption  # set: SIGUSR2/SIGTERM save at the next step boundary, then stop
+        self.force_config = force_config  # checkpoints of another config: moved aside instead of refused
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> Path:
@@ -69,12 +71,17 @@ class Trainer:
         if ckpt.is_complete(final):
             print(f"[{self.cfg.name}] already complete: {final}", flush=True)
             return final
-        self.setup()
-        if self.resume_from is not None:
-            self.restore(self.resume_from)
-        self.log_setup()
-        self.train()
-        return self.finish()
+        with ckpt.StageLock(self.out) if dist.is_main() else contextlib.nullcontext():  # one writer per stage
+            for line in ckpt.recover(self.out) if dist.is_main() else []:
+                print(f"[{self.cfg.name}] {line}", flush=True)
+            self.setup()
+            if self.resume_from is not None:
+                self.restore(self.resume_from)
+            else:
+                self.metrics.truncate_after(0)  # rows of a run killed before its first checkpoint
+            self.log_setup()
+            self.train()
+            return self.finish()
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -86,7 +93,7 @@ class Trainer:
             for name in filter(None, (cfg.student, cfg.teacher if self.needs_teacher else None)):
                 model_dir(name)
         dist.barrier()
-        self.resume_from = ckpt.latest_checkpoint(self.out / "checkpoints")
+        self.resume_from = resumable(self.out / "checkpoints", cfg, self.rank, self.force_config)
         self.tokenizer = load_tokenizer_for(cfg.student)
         self.student = self.backend.load_student(str(self.resume_from) if self.resume_from else cfg.student)
         self.teacher = self.load_teacher() if (self.needs_teacher and cfg.teacher) else None
@@ -229,8 +236,8 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        self.checkpoints.save(self.step, {"step": self.step, "best": self.best.best,
-                                          "sampler": self.sampler.state_dict(), "method": self.method_state()})
+        self.checkpoints.save(self.step, {"step": self.step, "best": self.best.best, "config": config_fingerprint(
+            self.cfg), "sampler": self.sampler.state_dict(), "method": self.method_state()})
 
     def restore(self, directory: Path) -> None:
         state = self.checkpoints.restore(directory)
@@ -240,12 +247,7 @@ class Trainer:
         self.metrics.truncate_after(self.step)
 
     def finish(self) -> Path:
-        """Write `final/`: the best checkpoint by `select_by` (or the last weights), verified loadable."""
-        final, best = self.out / "final", self.out / "best"
-        if self.cfg.select_by != "last" and ckpt.is_complete(best):
-            self.checkpoints.promote(best, final)
-        else:
-            self.checkpoints.export(final, extra={"step": self.step}, verify=True)
+        final = self.checkpoints.hand_off(self.out, self.cfg.select_by, self.step)
         self.metrics.close()
         if self.rank == 0:
             print(f"[{self.cfg.name}] final model: {final}", flush=True)

@@ -1,11 +1,26 @@
 """A stage's metrics: `metrics.jsonl` (one JSON row per logged step), TensorBoard scalars, and the console's eval
-line. Only rank 0 writes. On resume, rows logged after the checkpoint are dropped, since they will be logged again."""
+line. Only rank 0 writes. On resume, rows logged after the checkpoint are dropped, since they will be logged again
+(on a fresh start, all of them: a run killed before its first checkpoint left rows that will be logged again);
+a line torn by a kill mid-write is dropped too."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a line torn by a kill mid-write (or otherwise unreadable) is skipped."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row and "kind" in row:
+            rows.append(row)
+    return rows
 
 
 class MetricsLog:
@@ -35,8 +50,7 @@ class MetricsLog:
         """Drop rows logged after `step` (a resumed run logs them again)."""
         if not self.enabled or not self.file.is_file():
             return
-        rows = [json.loads(line) for line in self.file.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if r["step"] <= step]
+        kept = [r for r in read_metrics(self.file) if r["step"] <= step]
         self.file.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def close(self) -> None:
