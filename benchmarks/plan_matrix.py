@@ -56,7 +56,8 @@ def main() -> None:
     lines = [f"\n## Every paper setting on every cluster profile — {dt.date.today()}, commit {git.strip()}",
              "Command: `python benchmarks/plan_matrix.py`. The MiniLLM stage of `--chain teacher,student` with the "
              "default profile (5000 steps, mini-batch 64, 256 rollouts per round, bf16): the planner's allocation "
-             "(ZeRO: the student's stage, g gathered for generation, +T3 teacher sharded), its memory estimate, its "
+             "(ZeRO: the student's stage, g gathered for generation, +T3 teacher sharded), its memory estimate (model "
+             "states as DeepSpeed's own estimators count them, plus working memory), its "
              "estimated hours (takd/chain/timing.py: 35 % MFU, decode at 60 % of HBM bandwidth, a 200 Gb/s "
              "link per node), the jobs it needs at the partition's limit, GPU-hours and RGU-hours.", "",
              "| setting | cluster | GPUs | ZeRO | GB/GPU | est. h | jobs | GPU-h | RGU-h | feasible |",

@@ -104,12 +104,14 @@ def test_narval_sbatch_for_stage_one_of_the_opt_chain(capsys, monkeypatch, tmp_p
                          "--show-sbatch", "sft-opt-13b"], capsys)
     assert rc == 0, err
     for line in ["#SBATCH --gpus-per-node=a100:4", "#SBATCH --account=def-lab", "#SBATCH --ntasks-per-node=4",
-                 "#SBATCH --time=1731", "#SBATCH --signal=USR2@120", "export HF_HUB_OFFLINE=1",
+                 "#SBATCH --nodes=4", "#SBATCH --time=928", "#SBATCH --signal=USR2@120", "export HF_HUB_OFFLINE=1",
                  "export TRANSFORMERS_OFFLINE=1", "module load StdEnv/2023"]:
         assert line in out, line
     assert "warning: not in the local cache" in err  # a dry run warns; --submit refuses
-    # the time asked is the estimate with its margin: ~22.9 h x 1.25 + 0.25 h (takd/chain/timing.py), most of it
-    # validation decoding of the 2-node ZeRO-3 teacher; the role's old flat 12 h would have been killed
+    # 4 nodes: under ZeRO-3 on 2 nodes, 12.85B x 18/8 B + 1.03 GB of gathered embedding + 7.27 GB of working memory
+    # = 37.2 GB > 0.9 x 40. The time asked is the estimate with its margin: ~12.2 h x 1.25 + 0.25 h = 928 min
+    # (takd/chain/timing.py), most of it validation decoding of the sharded model; the role's flat 12 h would have
+    # been killed
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -221,41 +223,86 @@ def test_multi_gpu_stages_get_the_estimated_zero_stage_and_teacher_placement(cap
     stages = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(stages, load_cluster("rorqual"))
     by = {s.name: s for s in stages}
-    sft = by["sft-opt-13b"]  # 12.85B x 16 B/param sharded over 4 H100s: 51.41 GB, + working memory (below)
+    sft = by["sft-opt-13b"]  # 12.85B x 18 B/param sharded over 4 H100s: 57.84 GB, + 4 B x its 257M-parameter
+    # embedding gathered whole (1.03 GB), + working memory (below)
     assert (sft.nodes, sft.gpus_per_node, sft.config.deepspeed.zero_stage) == (1, 4, 3)
     # working: 2 GB overhead + activations with checkpointing (2·512·8·5120·40 + 34·512·8·5120 B = 2.39 GB) + the
     # student's logits (8·512·50272·14 B = 2.88 GB) = 7.27 GB
     assert sft.checkpointing and sft.working_gb == pytest.approx(7.27, abs=0.01)
-    assert sft.mem_per_gpu_gb == pytest.approx(58.68, abs=0.01)
+    assert sft.mem_per_gpu_gb == pytest.approx(66.14, abs=0.01)
     # gathering the student whole for generation would add 25.7 GB: it does not fit, so it is switched off
     assert to_dict(sft.config.deepspeed) == {"enabled": True, "zero_stage": 3, "offload_optimizer": False,
                                              "teacher_placement": "replicated", "gather_for_generation": False}
     # MiniLLM's rollout KV caches (16 prompts x 512 tokens) outweigh its training step: student 2·32·16·512·4096·2 B
     # = 4.29 GB + teacher 2·40·16·512·5120·2 B = 6.71 GB, + 2 GB = 13.01 GB. ZeRO-2 with a replicated teacher would
-    # need 36.62 + 25.71 + 13.01 = 75.3 GB > 0.9 x 80: ZeRO-3 (26.63 GB of states) with a replicated teacher fits
+    # need 6.66B x 6.5 B = 43.28 + 25.71 + 13.01 = 82.0 GB > 0.9 x 80: ZeRO-3 (6.66B x 4.5 B + 4 B x 206M embedding
+    # = 30.79 GB of states) with a replicated teacher fits: 69.50 GB
     first = by["minillm-opt-13b-to-opt-6.7b"]
     assert (first.nodes, first.gpus_per_node, first.config.deepspeed.zero_stage,
             first.config.deepspeed.teacher_placement) == (1, 4, 3, "replicated")
-    assert first.working_gb == pytest.approx(13.01, abs=0.01) and first.mem_per_gpu_gb == pytest.approx(65.35, abs=0.01)
+    assert first.working_gb == pytest.approx(13.01, abs=0.01) and first.mem_per_gpu_gb == pytest.approx(69.50, abs=0.01)
     assert by["init-opt-1.3b"].gpus_per_node == 1 and by["init-opt-1.3b"].config.deepspeed.enabled is False
 
     narval = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(narval, load_cluster("narval"))
     first = {s.name: s for s in narval}["minillm-opt-13b-to-opt-6.7b"]
-    # memory alone: both models sharded over 8 A100s (6.66B x 16/8 + 12.85B x 2/8 + 13.01 = 29.54 GB); but decoding
-    # then all-gathers both models across 2 nodes at every token: ~349 h, more than one 168 h job. 16 GPUs let the
-    # student be gathered whole for generation (6.66B x (16/16 + 2) + 12.85B x 2/16 + 13.01 = 34.59 GB) and halve
-    # the prompts per GPU: ~92 h, one job
+    # memory alone: both models sharded over 8 A100s (6.66B x 18/8 + 0.82 + 12.85B x 2/8 + 2 B x 257M + 13.01 =
+    # 32.54 GB); but decoding then all-gathers both models across 2 nodes at every token: ~349 h, more than two
+    # 168 h jobs. 16 GPUs halve the prompts per GPU (~209 h, two jobs); gathering the student whole for generation
+    # would need 6.66B x (18/16 + 2) + 0.82 + 1.61 + 0.51 + 13.01 = 36.77 GB > 0.9 x 40: not done
     assert (first.nodes, first.gpus_per_node, first.config.deepspeed.zero_stage,
             first.config.deepspeed.teacher_placement) == (4, 4, 3, "zero3")
-    assert first.config.deepspeed.gather_for_generation is True
-    assert first.mem_per_gpu_gb == pytest.approx(34.59, abs=0.01)
-    assert first.jobs == 1 and 80 < first.est_hours < 100 and first.time_min <= 168 * 60
+    assert first.config.deepspeed.gather_for_generation is False
+    assert first.mem_per_gpu_gb == pytest.approx(23.44, abs=0.01)
+    assert first.jobs == 2 and 168 < first.est_hours < 2 * 168
     assert any("16 GPUs instead of the 8 that fit its memory" in n for n in first.notes)
 
     pinned = build_plan(["opt-13b", "opt-6.7b", "opt-1.3b"], run_dir=tmp_path, profile=ChainProfile())
     assign_resources(pinned, load_cluster("rorqual"), pinned=("deepspeed.zero_stage",))
     assert {s.name: s for s in pinned}["sft-opt-13b"].config.deepspeed.zero_stage == 1  # the user's value
+
+
+@pytest.mark.parametrize("params_m,layer_m", [(6658, 205.9), (12853, 257.4), (125, 38.6)])
+@pytest.mark.parametrize("gpus,nodes", [(1, 1), (4, 1), (4, 2), (8, 4)])
+def test_model_states_equal_deepspeeds_own_estimators(params_m, layer_m, gpus, nodes):
+    """ZeRO-2, ZeRO-3 and ZeRO-3 with the optimizer offloaded: per GPU, the bytes DeepSpeed's estimators print;
+    ZeRO-1 (no DeepSpeed estimator): ZeRO-2 with the half-precision gradients whole on every GPU."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    from takd.chain.resources import GB, model_states_gb
+
+    p, layer, n = int(params_m * 1e6), int(layer_m * 1e6), gpus * nodes
+    zero2 = estimate_zero2_model_states_mem_needs(p, gpus, nodes, cpu_offload=False)[1]
+    zero3 = estimate_zero3_model_states_mem_needs(p, layer, gpus, nodes, cpu_offload=False)[1]
+    zero3_off = estimate_zero3_model_states_mem_needs(p, layer, gpus, nodes, cpu_offload=True,
+                                                      cpu_offload_params=False)[1]
+    ours = {(z, off): model_states_gb(p / 1e6, layer / 1e6, z, n, off) * GB for z in (1, 2, 3) for off in (False, True)}
+    assert ours[2, False] == pytest.approx(zero2, abs=1)
+    assert ours[3, False] == pytest.approx(zero3, abs=1)
+    assert ours[3, True] == pytest.approx(zero3_off, abs=1)
+    assert ours[1, False] == pytest.approx(zero2 + 2 * p * (1 - 1 / n), abs=1)
+
+
+def test_an_offloaded_optimizer_is_estimated_as_such_and_only_under_zero3(tmp_path):
+    from takd.chain.allocate import assign_resources
+    from takd.chain.plan import build_plan
+    from takd.chain.profiles import ChainProfile, load_cluster
+    from takd.chain.resources import GB, largest_layer_m
+    from takd.models.registry import resolve
+
+    stages = build_plan(["opt-13b", "opt-6.7b"], run_dir=tmp_path, profile=ChainProfile(),
+                        overrides=["deepspeed.offload_optimizer=true", "deepspeed.zero_stage=3"])
+    assign_resources(stages, load_cluster("narval"))
+    first = {s.name: s for s in stages}["minillm-opt-13b-to-opt-6.7b"]
+    ds, n = first.config.deepspeed, first.nodes * first.gpus_per_node
+    assert ds.zero_stage == 3 and ds.offload_optimizer and ds.enabled
+    student, teacher = resolve("opt-6.7b"), resolve("opt-13b")
+    states = student.params_m * 1e6 * ((2 / n) + (2 if ds.gather_for_generation else 0)) \
+        + 4 * largest_layer_m(student) * 1e6
+    teacher_gb = teacher.params_m * 1e6 * (2 if ds.teacher_placement == "replicated" else 2 / n) \
+        + (0 if ds.teacher_placement == "replicated" else 2 * largest_layer_m(teacher) * 1e6)
+    assert first.mem_per_gpu_gb == pytest.approx((states + teacher_gb) / GB + first.working_gb, abs=1e-6)
 
 
 @pytest.mark.slurm

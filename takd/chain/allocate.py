@@ -16,11 +16,13 @@ import math
 from takd.chain.plan import PlannedStage
 from takd.chain.profiles import ClusterProfile
 from takd.chain.resources import (
+    GB,
+    HEADROOM,
     OVERHEAD_GB,
     WORKING_GB,
     Allocation,
+    Sizes,
     allocations,
-    choose_allocation,
     has_dims,
     kv_cache_gb,
     per_gpu_gb,
@@ -42,6 +44,7 @@ from takd.train.config import fitting_micro_batch, uses_gradient_checkpointing
 
 ROLE_HOURS = {"sft": 12, "init": 12, "distill": 24, "baseline": 12, "eval": 2}  # without a GPU profile to estimate
 ENGINE_KEYS = ("zero_stage", "teacher_placement", "gather_for_generation")  # what the estimator chooses
+PINNABLE_KEYS = (*ENGINE_KEYS, "offload_optimizer")  # what a profile or --set may fix for it
 
 
 def assign_resources(stages: list[PlannedStage], cluster: ClusterProfile, pinned: tuple[str, ...] = ()) -> None:
@@ -76,16 +79,16 @@ def training_examples(dataset: str) -> int:
 
 
 def _assign_eval(st: PlannedStage, cluster: ClusterProfile) -> None:
-    """Inference only: bf16 weights (2 of the 16 B/param) and the generation's KV cache, on the fewest GPUs."""
+    """Inference on one GPU (evaluation runs on rank 0): bf16 weights, 2 B/param, and the generation's KV cache."""
     spec, ev = registry.resolve(st.model), st.config
     working = OVERHEAD_GB + kv_cache_gb(spec, ev.batch_size, ev.max_prompt_tokens + ev.max_new_tokens) \
         if has_dims(spec) else WORKING_GB
-    alloc = choose_allocation(spec.params_m / 8, 0.0, cluster.gpu_mem_gb, cluster.gpus_per_node, working=working,
-                              whole_nodes=cluster.whole_node_only)
-    if alloc is None:
-        raise ConfigError(f"stage {st.name}: {st.model} does not fit one node of "
-                          f"{cluster.gpus_per_node}x{cluster.gpu_mem_gb:g}GB for evaluation")
-    st.nodes, st.gpus_per_node, st.mem_per_gpu_gb = alloc.nodes, alloc.gpus_per_node, alloc.mem_per_gpu_gb
+    st.nodes, st.gpus_per_node = 1, 1
+    st.mem_per_gpu_gb = 2 * spec.params_m * 1e6 / GB + working
+    if st.mem_per_gpu_gb > HEADROOM * cluster.gpu_mem_gb:
+        raise ConfigError(f"stage {st.name}: evaluating {st.model} needs ~{st.mem_per_gpu_gb:.0f} GB on one GPU, more "
+                          f"than {cluster.name}'s {cluster.gpu_mem_gb:g} GB; lower eval.batch_size in a --profile, or "
+                          "plan it on a cluster with larger GPUs")
     hw = hardware(cluster)
     if hw is not None and spec.params_m:
         st.est_hours = eval_hours(ev, spec.params_m * 1e6, hw)
@@ -98,16 +101,17 @@ def _assign_train(st: PlannedStage, cluster: ClusterProfile, pins: dict[str, str
     st.checkpointing = uses_gradient_checkpointing(st.config, spec.params_m * 1e6)
     st.config.gradient_checkpointing = st.checkpointing  # stated in stage.yaml, as the estimate assumed it
     st.working_gb = working_gb(st.config, spec, teacher, st.checkpointing)
-    alloc, held = _candidates(st, spec.params_m, teacher.params_m if teacher else 0.0, cluster, pins)
+    alloc, held = _candidates(st, Sizes.of(spec, teacher), cluster, pins)
     _apply(st, alloc, held)
     world = st.nodes * st.gpus_per_node
     _fit_batch(st, world)
     # the estimate of what was chosen, with the micro-batch the stage will really run
     st.working_gb = working_gb(st.config, spec, teacher, st.checkpointing)
     ds = st.config.deepspeed
-    st.mem_per_gpu_gb = per_gpu_gb(spec.params_m, teacher.params_m if teacher else 0.0,
-                                   ds.zero_stage if ds.enabled else 1, ds.teacher_placement if ds.enabled else
-                                   "replicated", world, ds.enabled and ds.gather_for_generation, st.working_gb)
+    st.mem_per_gpu_gb = per_gpu_gb(Sizes.of(spec, teacher), ds.zero_stage if ds.enabled else 1,
+                                   ds.teacher_placement if ds.enabled else "replicated", world,
+                                   ds.enabled and ds.gather_for_generation, st.working_gb,
+                                   ds.enabled and ds.offload_optimizer)
     hw = hardware(cluster)
     if hw is not None and spec.params_m:
         st.est_hours = _hours(st, alloc, hw, cluster)
@@ -118,18 +122,18 @@ def _assign_train(st: PlannedStage, cluster: ClusterProfile, pins: dict[str, str
                             f"runs as {st.jobs} jobs, each requeued at its time limit after a checkpoint")
 
 
-def _candidates(st: PlannedStage, student: float, teacher: float, cluster: ClusterProfile,
+def _candidates(st: PlannedStage, sizes: Sizes, cluster: ClusterProfile,
                 pins: dict[str, str]) -> tuple[Allocation, dict[str, dict]]:
     """The allocation to use: the first that fits memory and finishes in one job, else the fitting one that needs
     the fewest jobs (refused beyond the cluster's requeue budget); pins as the module docstring says."""
     cfg = st.config
     ds = cfg.deepspeed
-    held = {src: {k: getattr(ds, k) for k in ENGINE_KEYS if pins.get(f"deepspeed.{k}") == src}
+    held = {src: {k: getattr(ds, k) for k in PINNABLE_KEYS if pins.get(f"deepspeed.{k}") == src}
             for src in ("--set", "profile")}
     shared = math.gcd(cfg.batch_size, cfg.minillm.num_rollouts) if cfg.method == "minillm" else cfg.batch_size
 
     def fitting(fixed):
-        return list(allocations(student, teacher, cluster.gpu_mem_gb, cluster.gpus_per_node, fixed=fixed,
+        return list(allocations(sizes, cluster.gpu_mem_gb, cluster.gpus_per_node, fixed=fixed,
                                 working=st.working_gb, batch=shared, whole_nodes=cluster.whole_node_only))
 
     cands = fitting({**held["--set"], **held["profile"]})
@@ -148,7 +152,7 @@ def _candidates(st: PlannedStage, student: float, teacher: float, cluster: Clust
         raise ConfigError(f"stage {st.name}: {st.model} does not fit on {cluster.max_time_hours:g}h nodes of "
                           f"{cluster.gpus_per_node}x{cluster.gpu_mem_gb:g}GB even with ZeRO-3 on 4 nodes")
     hw = hardware(cluster)
-    if hw is None or not student:
+    if hw is None or not sizes.student_m:
         return cands[0], held
     jobs = [jobs_needed(_hours(st, c, hw, cluster, held), cluster.max_time_hours) for c in cands]
     best = jobs.index(min(jobs))
@@ -179,7 +183,7 @@ def _hours(st: PlannedStage, alloc: Allocation, hw: Hardware, cluster: ClusterPr
 def _apply(st: PlannedStage, alloc: Allocation, held: dict[str, dict]) -> None:
     st.nodes, st.gpus_per_node, st.mem_per_gpu_gb = alloc.nodes, alloc.gpus_per_node, alloc.mem_per_gpu_gb
     ds = st.config.deepspeed
-    if st.nodes * st.gpus_per_node > 1:
+    if st.nodes * st.gpus_per_node > 1 or ds.offload_optimizer:  # offloading needs the DeepSpeed engine
         ds.enabled = True
         chosen = {"zero_stage": alloc.zero_stage, "teacher_placement": alloc.teacher_placement,
                   "gather_for_generation": alloc.gather_for_generation}

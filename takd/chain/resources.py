@@ -1,12 +1,17 @@
 """Per-GPU memory estimate for a stage, and the smallest allocation that fits (used by the planner's table).
 
-Model states. Bytes per student parameter under mixed-precision AdamW (16 B/param: 2 weights, 2 grads, 12 fp32
-master + moments), partitioned over N data-parallel GPUs:
-    ZeRO-1: 4 + 12/N      ZeRO-2: 2 + 14/N      ZeRO-3: 16/N
-Teacher (bf16, frozen): 2 B/param replicated, 2/N under ZeRO-3. A ZeRO-3 student gathered whole for generation
-(`gather_for_generation`, one all-gather per rollout batch instead of one per layer per token) adds its 2 B/param
-of bf16 weights while it generates. These reproduce the arithmetic in shared/docs/clusters-submitit-deepspeed.md §E
-(e.g. OPT-6.7B ZeRO-2 on 4 GPUs: 36.6 GB).
+Model states, as DeepSpeed's own estimators count them (`estimate_zero2_model_states_mem_needs`,
+`estimate_zero3_model_states_mem_needs`, without offload; tests/test_plan.py checks the equality). Bytes per
+student parameter under mixed-precision AdamW: 2 half-precision weights, 2 half-precision gradients and 16 of fp32
+state (4 gradient, 4 master weight, 8 Adam moments), partitioned over N data-parallel GPUs:
+    ZeRO-1: 4 + 16/N      ZeRO-2: 2 + 18/N      ZeRO-3: 18/N + 4 B per parameter of the largest layer
+    ZeRO-3 with the optimizer offloaded to the CPU: 2/N + 4 B per parameter of the largest layer
+The largest layer (the embedding, for every registry model) is gathered whole while it runs. Teacher (bf16,
+frozen): 2 B/param replicated, 2/N + 2 B per parameter of its largest layer under ZeRO-3. A ZeRO-3 student
+gathered whole for generation (`gather_for_generation`, one all-gather per rollout batch instead of one per layer
+per token) adds its 2 B/param of bf16 weights while it generates. DeepSpeed's fp32 gradient partition (4/N) is
+what the arithmetic of shared/docs/clusters-submitit-deepspeed.md §E (OPT-6.7B ZeRO-2 on 4 GPUs: 5.5 B/param,
+36.6 GB; DeepSpeed: 6.5 B/param, 43.3 GB) leaves out.
 
 Working memory (per GPU, not sharded by ZeRO), from the stage's micro-batch b, sequence length s and the models'
 hidden size h, layers L and vocabulary V (`working_gb`):
@@ -34,6 +39,7 @@ WORKING_GB = 6.0  # per GPU, when the model's dimensions are unknown
 OVERHEAD_GB = 2.0  # per GPU: CUDA context, allocator fragmentation, communication buffers
 ACTIVATION_BYTES = 34  # per token, hidden unit and layer, half precision, SDPA attention (Korthikanti et al. 2022)
 GB = 1e9
+HEADROOM = 0.9  # of a GPU's memory the estimate may fill (the rest: allocator and estimate error)
 
 
 def activations_gb(spec: ModelSpec, batch: int, tokens: int, checkpointing: bool) -> float:
@@ -80,12 +86,30 @@ def working_gb(cfg, student: ModelSpec, teacher: ModelSpec | None, checkpointing
     return OVERHEAD_GB + max(step, generation)
 
 
-def student_bytes_per_param(zero_stage: int, n_gpus: int) -> float:
-    return {1: 4 + 12 / n_gpus, 2: 2 + 14 / n_gpus, 3: 16 / n_gpus}[zero_stage]
+def largest_layer_m(spec: ModelSpec | None) -> float:
+    """Millions of parameters of a model's largest single module (ZeRO-3 gathers it whole): its embedding or its
+    widest MLP matrix; 0 when the registry has no dimensions for it."""
+    if not has_dims(spec):
+        return 0.0
+    h = spec.arch["hidden_size"]
+    return max(spec.arch["vocab_size"] * h, spec.arch.get("intermediate_size", 4 * h) * h) / 1e6
+
+
+def student_bytes_per_param(zero_stage: int, n_gpus: int, offload_optimizer: bool = False) -> float:
+    if zero_stage == 3 and offload_optimizer:
+        return 2 / n_gpus
+    return {1: 4 + 16 / n_gpus, 2: 2 + 18 / n_gpus, 3: 18 / n_gpus}[zero_stage]
 
 
 def teacher_bytes_per_param(placement: str, n_gpus: int) -> float:
     return 2.0 if placement == "replicated" else 2.0 / n_gpus
+
+
+def model_states_gb(params_m: float, layer_m: float, zero_stage: int, n_gpus: int,
+                    offload_optimizer: bool = False) -> float:
+    """A trained model's states per GPU (module docstring): DeepSpeed's estimate for the same setting."""
+    gathered_layer = 4 * layer_m * 1e6 if zero_stage == 3 else 0.0
+    return (params_m * 1e6 * student_bytes_per_param(zero_stage, n_gpus, offload_optimizer) + gathered_layer) / GB
 
 
 @dataclass
@@ -102,12 +126,30 @@ class Allocation:
         return self.nodes * self.gpus_per_node
 
 
-def per_gpu_gb(student_params_m: float, teacher_params_m: float, zero_stage: int, placement: str,
-               n_gpus: int, gather_for_generation: bool = False, working: float = WORKING_GB) -> float:
-    per_param = student_bytes_per_param(zero_stage, n_gpus) + (2.0 if gather_for_generation and zero_stage == 3 else 0)
-    s = student_params_m * 1e6 * per_param
-    t = teacher_params_m * 1e6 * teacher_bytes_per_param(placement, n_gpus) if teacher_params_m else 0.0
-    return (s + t) / GB + working
+@dataclass(frozen=True)
+class Sizes:
+    """What the estimate needs of a stage's models: millions of parameters, and of each one's largest layer."""
+
+    student_m: float
+    teacher_m: float = 0.0
+    student_layer_m: float = 0.0
+    teacher_layer_m: float = 0.0
+
+    @classmethod
+    def of(cls, student: ModelSpec, teacher: ModelSpec | None = None) -> Sizes:
+        return cls(student.params_m, teacher.params_m if teacher else 0.0, largest_layer_m(student),
+                   largest_layer_m(teacher) if teacher else 0.0)
+
+
+def per_gpu_gb(sizes: Sizes, zero_stage: int, placement: str, n_gpus: int, gather_for_generation: bool = False,
+               working: float = WORKING_GB, offload_optimizer: bool = False) -> float:
+    s = model_states_gb(sizes.student_m, sizes.student_layer_m, zero_stage, n_gpus, offload_optimizer)
+    if gather_for_generation and zero_stage == 3:
+        s += 2 * sizes.student_m * 1e6 / GB
+    t = sizes.teacher_m * 1e6 * teacher_bytes_per_param(placement, n_gpus) / GB
+    if placement != "replicated" and sizes.teacher_m:
+        t += 2 * sizes.teacher_layer_m * 1e6 / GB
+    return s + t + working
 
 
 OPTIONS = [(1, "replicated", False), (2, "replicated", False), (3, "replicated", True), (3, "replicated", False),
@@ -117,27 +159,28 @@ OPTIONS = [(1, "replicated", False), (2, "replicated", False), (3, "replicated",
 def _allowed(option: tuple[int, str, bool], fixed: dict[str, Any]) -> bool:
     zero, placement, gather = option
     return (fixed.get("zero_stage", zero) == zero and fixed.get("teacher_placement", placement) == placement
-            and (zero != 3 or fixed.get("gather_for_generation", gather) == gather))
+            and (zero != 3 or fixed.get("gather_for_generation", gather) == gather)
+            and (zero == 3 or not fixed.get("offload_optimizer")))  # DeepSpeed offloads the optimizer under ZeRO-3 here
 
 
-def allocations(student_params_m: float, teacher_params_m: float, gpu_mem_gb: float, gpus_per_node: int,
-                max_nodes: int = 4, headroom: float = 0.9, fixed: dict[str, Any] | None = None,
+def allocations(sizes: Sizes, gpu_mem_gb: float, gpus_per_node: int,
+                max_nodes: int = 4, headroom: float = HEADROOM, fixed: dict[str, Any] | None = None,
                 working: float = WORKING_GB, batch: int | None = None, whole_nodes: bool = False
                 ) -> Iterator[Allocation]:
     """Every allocation whose estimate fits in headroom × GPU memory, best first: the fewest GPUs, then the least
     sharding (ZeRO-1 < 2 < 3, replicated teacher < ZeRO-3 teacher); fewer GPUs cost fewer GPU-hours, less
     sharding communicates less. A ZeRO-3 student is gathered whole for generation when that still fits (much faster
     decoding); a sharded teacher only pays off with a sharded student. fixed: `deepspeed.*` values every choice
-    keeps (zero_stage, teacher_placement, gather_for_generation); working: GB per GPU beyond the model states
-    (`working_gb`); batch: only GPU counts that divide it (the global batch is shared equally by the processes);
-    whole_nodes: 1 GPU or whole nodes only (Trillium)."""
+    keeps (zero_stage, teacher_placement, gather_for_generation, offload_optimizer); working: GB per GPU beyond the
+    model states (`working_gb`); batch: only GPU counts that divide it (the global batch is shared equally by the
+    processes); whole_nodes: 1 GPU or whole nodes only (Trillium)."""
     counts = [c for c in (1, 2, 4, 8) if c <= gpus_per_node] + [gpus_per_node * n for n in range(2, max_nodes + 1)]
     counts = [c for c in counts if (batch is None or batch % c == 0) and
               (not whole_nodes or c == 1 or c % gpus_per_node == 0)]
     options = [o for o in OPTIONS if _allowed(o, fixed or {})]
     for n in counts:
         for zero, placement, gather in options:
-            gb = per_gpu_gb(student_params_m, teacher_params_m, zero, placement, n, gather, working)
+            gb = per_gpu_gb(sizes, zero, placement, n, gather, working, bool(fixed and fixed.get("offload_optimizer")))
             if gb <= headroom * gpu_mem_gb:
                 yield Allocation(max(1, n // gpus_per_node), min(n, gpus_per_node), zero, placement, gb, gather)
 
