@@ -19,8 +19,9 @@ Precision: `dtype: bfloat16 | float16` means half-precision *compute* with float
 states, on both paths. One process: the student stays float32 and its forwards run under `torch.autocast` (float16
 with a dynamic loss scale, `torch.amp.GradScaler`); chosen over a one-GPU DeepSpeed engine because it needs no
 process group, keeps torch's own AdamW and exact resume from the float32 weights, and costs no more (16 B/param of
-fp32 weights, gradients and moments, against DeepSpeed's 20 on one GPU, which the planner's estimate assumes). DeepSpeed: its bf16/fp16 engine (fp32 master partitions in the optimizer; fp16 with the reference's
-dynamic loss scaling). The frozen teacher runs in the stage dtype. Checkpoints hold the master weights; `best/` and
+fp32 weights, gradients and moments, against DeepSpeed's 20 on one GPU, which the planner's estimate assumes).
+DeepSpeed: its bf16/fp16 engine (fp32 master partitions in the optimizer; fp16 with the reference's dynamic loss
+scaling). The frozen teacher runs in the stage dtype. Checkpoints hold the master weights; `best/` and
 `final/` are written in the stage dtype.
 """
 
