@@ -169,6 +169,16 @@ class StageLock:
             return out in ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED")
         return True
 
+    def holder(self) -> dict[str, str] | None:
+        """Who holds the stage now (host, pid, job), or None when nobody does or the holder is gone."""
+        import json
+
+        try:
+            holder = json.loads(self.file.read_text() or "{}")
+        except (ValueError, OSError):
+            return None
+        return holder if isinstance(holder, dict) and self._alive(holder) else None
+
     def acquire(self) -> None:
         import json
 

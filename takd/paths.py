@@ -61,6 +61,16 @@ def git_revision() -> str:
         return "unknown"
 
 
+def tiny_dir(name: str) -> Path:
+    """Where a tiny model is materialised (random init, fixed seed) on first use."""
+    return takd_home() / "models" / name
+
+
+def builtin_tokenizer_dir() -> Path:
+    """Where the built-in BPE tokenizer is trained on first use."""
+    return takd_home() / "tokenizers" / "builtin-bpe"
+
+
 def gpt2_bpe_dir() -> Path | None:
     """The GPT-2/OPT BPE files (vocab.json, merges.txt) if present: $TAKD_GPT2_BPE or ../shared/data/gpt2-bpe."""
     candidates = [os.environ.get("TAKD_GPT2_BPE"), SHARED_DATA / "gpt2-bpe"]

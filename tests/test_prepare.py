@@ -12,6 +12,7 @@ import pytest
 from takd.chain.prepare import NotPrepared, prepare_model
 from takd.models import registry
 from takd.models.snapshots import select_download, snapshot_problems
+from tests.hub_cache import cache_snapshot
 
 LISTINGS = json.loads((Path(__file__).parent / "data" / "hub_listings.json").read_text())
 
@@ -39,21 +40,9 @@ def test_opt_6_7b_has_only_bin_files_and_they_are_selected():
         "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json"]
 
 
-def _cache_snapshot(hub: Path, repo: str, files: dict[str, str]) -> Path:
-    """An HF cache entry as huggingface_hub lays it out (refs/main -> snapshots/<commit>/...)."""
-    entry = hub / f"models--{repo.replace('/', '--')}"
-    (entry / "refs").mkdir(parents=True)
-    (entry / "refs" / "main").write_text("0" * 40)
-    snap = entry / "snapshots" / ("0" * 40)
-    snap.mkdir(parents=True)
-    for name, text in files.items():
-        (snap / name).write_text(text)
-    return snap
-
-
 def test_a_cache_holding_only_config_is_not_prepared_and_the_plan_says_how_to_fix_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    snap = _cache_snapshot(tmp_path / "hf" / "hub", "facebook/opt-125m", {"config.json": "{}"})
+    snap = cache_snapshot(tmp_path / "hf" / "hub", "facebook/opt-125m", {"config.json": "{}"})
     problems = registry.offline_problems("opt-125m")
     assert any("weights" in p for p in problems) and any("tokenizer" in p for p in problems)
     from takd.chain.plan import check_offline
@@ -102,7 +91,7 @@ def test_prepare_downloads_the_selected_files_with_one_worker_and_checks_them(tm
 
     def fake_download(repo, allow_patterns, max_workers, cache_dir):
         asked.update(repo=repo, files=allow_patterns, workers=max_workers)
-        snap = _cache_snapshot(Path(cache_dir), repo, {})
+        snap = cache_snapshot(Path(cache_dir), repo, {})
         OPTConfig(vocab_size=50272, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, ffn_dim=16384,
                   word_embed_proj_dim=4096, max_position_embeddings=2048).save_pretrained(snap)
         load_tokenizer_for("tiny-s").save_pretrained(snap)

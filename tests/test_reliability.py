@@ -488,3 +488,26 @@ def test_a_judge_that_never_answers_stops_at_the_deadline_saying_so(judged_befor
         silent.close()
     err = capfd.readouterr().err
     assert "retry 1/1000" in err and "retry 1000/1000" not in err
+
+
+def test_status_reads_a_running_stage_live_and_names_a_stopped_one(reference, tmp_path, capsys):
+    """A local stage in progress (its LOCK held by a live process) shows RUNNING with the newest logged step; the
+    same stage without a writer shows STOPPED, never 'not started'."""
+    from takd.chain.plan import build_plan, write_plan
+    from takd.chain.profiles import default_profile, load_profile
+    from takd.chain.status import main as status_main
+
+    run = tmp_path / "run"
+    stages = build_plan(["tiny-l", "tiny-s"], run_dir=run, profile=load_profile(default_profile(["tiny-l"])))
+    write_plan(run, stages, {})
+    d = run / "stages" / "sft-tiny-l"
+    shutil.copy(reference / "metrics.jsonl", d / "metrics.jsonl")  # six logged steps
+    (d / "LOCK").write_text(json.dumps({"host": socket.gethostname(), "pid": str(os.getpid()), "job": ""}))
+    assert status_main([str(run)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sft-tiny-l "))
+    assert row.split()[1] == "RUNNING" and " 6/" in row and "step 6" in row
+    (d / "LOCK").write_text(json.dumps({"host": socket.gethostname(), "pid": "999999999", "job": ""}))  # gone
+    status_main([str(run)])
+    out = capsys.readouterr().out.splitlines()
+    assert next(line for line in out if line.startswith("sft-tiny-l ")).split()[1] == "STOPPED"
+    assert next(line for line in out if line.startswith("init-tiny-s ")).split()[1:3] == ["not", "started"]

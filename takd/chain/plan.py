@@ -78,11 +78,10 @@ def validate_chain(chain: list[str]) -> list[registry.ModelSpec]:
         if big.params_m and small.params_m and small.params_m >= big.params_m:
             raise ConfigError(f"{small.name} ({small.params_m:g}M params) is not smaller than its teacher {big.name} "
                               f"({big.params_m:g}M); order the chain from the largest model to the smallest")
-    toks = {s.tokenizer for s in specs}
-    if len(toks) > 1:
-        pairs = ", ".join(f"{s.name}: {s.tokenizer}" for s in specs)
-        raise ConfigError(f"the chain mixes tokenizers ({pairs}); token-level distillation needs one vocabulary: "
-                          "use models of one family")
+    for a, b in zip(specs, specs[1:], strict=False):
+        problem = registry.tokenizer_problem(a, b)
+        if problem:
+            raise ConfigError(f"{problem}; token-level distillation needs one vocabulary: use models of one family")
     return specs
 
 
@@ -107,16 +106,13 @@ def check_teacher_path(path: str, student: str) -> None:
     problems = snapshot_problems(d)
     if problems:
         raise ConfigError(f"--teacher-path {path} is not a complete model directory (missing: {'; '.join(problems)})")
-    cfg = registry.local_config(str(d)) or {}
-    spec = registry.resolve(student)
-    vocab = spec.arch.get("vocab_size")
-    if vocab and cfg.get("vocab_size") and abs(int(cfg["vocab_size"]) - int(vocab)) > 128:  # embeddings are padded
-        raise ConfigError(f"--teacher-path {path} has a vocabulary of {cfg['vocab_size']} tokens, {student} "
-                          f"{vocab}: token-level distillation needs one vocabulary")
-    teacher_m = registry.resolve(str(d)).params_m or registry.config_params_m(cfg)
-    if teacher_m and spec.params_m and teacher_m <= spec.params_m:
-        raise ConfigError(f"--teacher-path {path} (~{teacher_m:,.0f}M parameters) is not larger than the student "
-                          f"{student} ({spec.params_m:,.0f}M)")
+    spec, teacher = registry.resolve(student), registry.resolve(str(d))
+    if teacher.params_m and spec.params_m and teacher.params_m <= spec.params_m:
+        raise ConfigError(f"--teacher-path {path} (~{teacher.params_m:,.0f}M parameters) is not larger than the "
+                          f"student {student} ({spec.params_m:,.0f}M)")
+    problem = registry.tokenizer_problem(teacher, spec)
+    if problem:
+        raise ConfigError(f"--teacher-path: {problem}; token-level distillation needs one vocabulary")
 
 
 def check_offline(models: list[str], datasets: dict[str, tuple[str, ...]] | None = None) -> None:
@@ -225,7 +221,19 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
         if st.role != "init" or st.model in students:  # the student's SFT init shows what distillation adds
             ev = _eval_stage(st, profile.eval, run_dir)
             stages[ev.name] = ev
+    if evaluate and teacher_path:  # a given teacher is evaluated like a trained one: the report's teacher row
+        ev = _given_teacher_eval(teacher_path, profile.eval, run_dir)
+        stages[ev.name] = ev
     return list(stages.values())
+
+
+def _given_teacher_eval(teacher_path: str, settings: EvalSettings, run_dir: Path) -> PlannedStage:
+    name = "eval-teacher"
+    job = EvalJob(**{**asdict(settings), "exposure_bias": False}, model=teacher_path,
+                  output_dir=str(stage_dir(run_dir, name)),
+                  meta={"stage": "teacher", "model": teacher_path, "method": "given", "label": "teacher",
+                        "teacher": ""})
+    return PlannedStage(name, "eval", teacher_path, [], job, "teacher")
 
 
 def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path) -> PlannedStage:

@@ -20,8 +20,9 @@ hidden size h, layers L and vocabulary V (`working_gb`):
                   plus one layer's 34·s·b·h while it is recomputed
     logits        per position through the LM head: 14 B/vocabulary entry for the student (bf16 logits, their fp32
                   log-softmax, its gradient) and 10 B for a teacher's (bf16, fp32 upcast, log-softmax)
-    KV caches     2·L·b·s·h·2 bytes per model for MiniLLM's rollouts (student and teacher, `rollout_batch_size`)
-                  and SeqKD's teacher generation; rollouts and the training step are not live at once (the max)
+    KV caches     2·L·b·s·h·2 bytes per model (h: the key-value width under grouped-query attention) for
+                  MiniLLM's rollouts (student and teacher, `rollout_batch_size`) and SeqKD's teacher generation;
+                  rollouts and the training step are not live at once (the max)
     overhead      2 GB: CUDA context, allocator fragmentation, communication buffers
 MiniLLM's step holds the PPO micro-batch (logits on the response positions) and the PT micro-batch (a
 `pt_chunk_tokens` chunk) at once. A model the registry has no dimensions for gets a flat 6 GB.
@@ -57,8 +58,10 @@ def logits_gb(spec: ModelSpec, batch: int, positions: int, trained: bool) -> flo
 
 
 def kv_cache_gb(spec: ModelSpec, batch: int, tokens: int) -> float:
-    """Keys and values of every layer for `batch` sequences of `tokens`, in half precision."""
-    return 2 * spec.arch["num_hidden_layers"] * batch * tokens * spec.arch["hidden_size"] * 2 / GB
+    """Keys and values of every layer for `batch` sequences of `tokens`, in half precision (with grouped-query
+    attention, `kv_size` = key-value heads × head size per token instead of the hidden size)."""
+    width = spec.arch.get("kv_size", spec.arch["hidden_size"])
+    return 2 * spec.arch["num_hidden_layers"] * batch * tokens * width * 2 / GB
 
 
 def has_dims(spec: ModelSpec | None) -> bool:

@@ -1,7 +1,8 @@
 """Status of a run: `python -m takd.status RUN_DIR`.
 
-One row per stage: job id, state (DONE, or Slurm's state for submitted jobs), progress (newest complete
-checkpoint step / max_steps) and the last logged metric.
+One row per stage: job id, state (DONE; Slurm's state for submitted jobs; RUNNING while a process holds the
+stage's LOCK, STOPPED when it has work but no writer), progress (the newest logged optimizer step / max_steps) and
+the last logged metric, read live from the stage's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -36,18 +37,32 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def local_state(directory: Path) -> str | None:
+    """A stage's state from its own directory: RUNNING while a live process holds its LOCK, STOPPED when it has
+    checkpoints or metrics but no writer, None when nothing was started."""
+    if ckpt.StageLock(directory).holder() is not None:
+        return "RUNNING"
+    if (directory / "metrics.jsonl").is_file() or ckpt.latest_checkpoint(directory / "checkpoints"):
+        return "STOPPED"
+    return None
+
+
 def stage_progress(directory: Path, max_steps: int | None) -> tuple[str, str]:
     latest = ckpt.latest_checkpoint(directory / "checkpoints")
     step = ckpt.step_of(latest) if latest else 0
-    progress = f"{step}/{max_steps}" if max_steps else (str(step) if step else "")
     last = ""
     metrics = directory / "metrics.jsonl"
     if metrics.is_file():
         rows = read_metrics(metrics)
+        train = [r for r in rows if r["kind"] == "train"]
         evals = [r for r in rows if r["kind"] == "eval"]
+        step = max([step] + [int(r["step"]) for r in train])
         if evals:
             r = evals[-1]
             last = f"step {r['step']}: " + ", ".join(f"{k}={r[k]:.3g}" for k in ("val_rouge_l", "val_loss") if k in r)
+        elif train and "loss" in train[-1]:
+            last = f"step {train[-1]['step']}: loss={train[-1]['loss']:.3g}"
+    progress = f"{step}/{max_steps}" if max_steps else (str(step) if step else "")
     if (directory / "results.csv").is_file():
         import pandas as pd
 
@@ -73,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     for st in stages:
         d = stage_dir(run, st.name)
         job = str(jobs.get(st.name, ""))
-        state = "DONE" if (d / DONE).is_file() else states.get(job, "SUBMITTED" if job else "not started")
+        state = "DONE" if (d / DONE).is_file() else \
+            states.get(job) or local_state(d) or ("SUBMITTED" if job else "not started")
         sized = st.kind == "train" and getattr(st.config, "epochs", None) is None  # epochs: steps known at run time
         progress, last = stage_progress(d, st.config.max_steps if sized else None)
         print(f"{st.name:36s} {job:>8s} {state:12s} {progress:>10s}  {last}")

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, OPTConfig, PreTrainedModel
 from takd.data.tokenizers import gpt2_bpe, load_tokenizer, train_builtin_bpe
 from takd.models.registry import ModelNotPrepared, ModelSpec, prepare_command, registry, resolve, write_model_meta
 from takd.models.snapshots import cached_snapshot, snapshot_problems
-from takd.paths import gpt2_bpe_dir, takd_home
+from takd.paths import builtin_tokenizer_dir, gpt2_bpe_dir, tiny_dir
 
 TINY_MAX_POSITIONS = 512  # tokens
 
@@ -38,14 +38,6 @@ def tiny_config(spec: ModelSpec, vocab_size: int, eos_id: int) -> OPTConfig:
         bos_token_id=eos_id,
         eos_token_id=eos_id,
     )
-
-
-def tiny_dir(name: str) -> Path:
-    return takd_home() / "models" / name
-
-
-def builtin_tokenizer_dir() -> Path:
-    return takd_home() / "tokenizers" / "builtin-bpe"
 
 
 def prepare_builtin_tokenizer(force: bool = False) -> Path:

@@ -7,6 +7,7 @@ HF directory is also accepted. The planner reads only this module, so planning n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from takd import config as cfglib
+from takd.models import architecture
 from takd.models.snapshots import cached_snapshot, snapshot_problems
-from takd.paths import CONFIG_DIR
+from takd.models.vocabulary import first_difference, read_vocabulary
+from takd.paths import CONFIG_DIR, builtin_tokenizer_dir, gpt2_bpe_dir
 
 
 class ModelNotPrepared(cfglib.NotPrepared):
@@ -66,8 +69,13 @@ def registry() -> dict[str, ModelSpec]:
     return specs
 
 
+FILES = "files:"  # a tokenizer identity that names a directory: compared by content (`tokenizer_problem`)
+
+
 def resolve(name_or_path: str) -> ModelSpec:
-    """A registry name, a local HF directory, or any HF hub id (treated as an unknown-size causal LM)."""
+    """A registry name, a local HF directory, or any HF hub id. A hub id the registry knows is its registry model;
+    a directory or a cached hub model is sized from its own config.json (`architecture`); an uncached hub id has
+    unknown size (0) until `takd.prepare` fetches it."""
     reg = registry()
     if name_or_path in reg:
         return reg[name_or_path]
@@ -75,6 +83,12 @@ def resolve(name_or_path: str) -> ModelSpec:
     if (path / "config.json").is_file():
         return _spec_from_dir(path)
     if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")):
+        known = next((s for s in reg.values() if s.hf_id == name_or_path), None)
+        if known is not None:
+            return dataclasses.replace(known, name=name_or_path)
+        snapshot = cached_snapshot(name_or_path)
+        if snapshot is not None:
+            return dataclasses.replace(_spec_from_config(snapshot), name=name_or_path, hf_id=name_or_path)
         return ModelSpec(name_or_path, "hub", "other", name_or_path, params_m=0.0, hf_id=name_or_path)
     raise cfglib.ConfigError(
         f"unknown model {name_or_path!r}: use a registry name ({', '.join(sorted(reg))}), "
@@ -85,11 +99,62 @@ def resolve(name_or_path: str) -> ModelSpec:
 def _spec_from_dir(path: Path) -> ModelSpec:
     base = registry().get(base_model_name(str(path)))  # takd writes takd_model.json into every checkpoint
     if base is not None:
-        return ModelSpec(str(path), base.family, base.architecture, base.tokenizer, base.params_m, str(path))
-    cfg = json.loads((path / "config.json").read_text())
+        return ModelSpec(str(path), base.family, base.architecture, base.tokenizer, base.params_m, str(path),
+                         base.arch)
+    return _spec_from_config(path)
+
+
+def _spec_from_config(path: Path) -> ModelSpec:
+    """A model known only by its directory: size and dimensions from its config.json, tokenizer by content."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        raise cfglib.ConfigError(f"{path}/config.json cannot be read as JSON; is this an HF model directory?") \
+            from None
     arch = cfg.get("model_type", "other")
     arch = arch if arch in ("opt", "gpt2", "llama") else "other"
-    return ModelSpec(str(path), "local", arch, str(path), params_m=0.0, hf_id=str(path))
+    params, _exact = architecture.parameter_count(cfg)
+    return ModelSpec(str(path), "local", arch, FILES + str(path), params_m=params / 1e6, hf_id=str(path),
+                     arch=architecture.dims(cfg))
+
+
+def tokenizer_files(spec: ModelSpec) -> Path | None:
+    """Where a model's tokenizer files are on this machine (None when they are not): its directory, its family
+    tokenizer's cache snapshot, or the tiny family's built-in or GPT-2 BPE files."""
+    if spec.tokenizer.startswith(FILES):
+        return Path(spec.tokenizer[len(FILES):])
+    if spec.tokenizer == "builtin-bpe":
+        return builtin_tokenizer_dir() if builtin_tokenizer_dir().is_dir() else None
+    if spec.tokenizer == "gpt2-bpe":
+        return gpt2_bpe_dir()
+    return cached_snapshot(spec.tokenizer)
+
+
+PADDING = 128  # embedding rows a family may add beyond its tokens (OPT: 50272 rows for 50265 tokens)
+
+
+def tokenizer_problem(a: ModelSpec, b: ModelSpec) -> str | None:
+    """Why two models cannot be distilled into one another token by token (None when they share a tokenizer):
+    the same registry family shares one by definition; otherwise their vocabulary sizes, then their tokenizer
+    files are compared by content. A tiny model's tokenizer not yet built is left to the stage's own check."""
+    if a.tokenizer == b.tokenizer:
+        return None
+    size_a, size_b = a.arch.get("vocab_size"), b.arch.get("vocab_size")
+    if size_a and size_b and abs(size_a - size_b) > PADDING:
+        return f"{a.name} has a vocabulary of {size_a} tokens, {b.name} {size_b}"
+    vocab = {}
+    for m in (a, b):
+        d = tokenizer_files(m)
+        if d is None:
+            if m.is_tiny:
+                return None  # built on first use; the stage compares the loaded tokenizers before training
+            return f"the tokenizer of {m.name} is not on this machine to compare; run {prepare_command([m.name])}"
+        vocab[m.name] = read_vocabulary(d)
+        if vocab[m.name] is None:
+            return f"{d} holds no readable tokenizer files (tokenizer.json, vocab.json or tokenizer.model)"
+    diff = first_difference(vocab[a.name], vocab[b.name])
+    return None if diff is None else f"{a.name} and {b.name} do not share a tokenizer: {diff}"
+
 
 def local_config(name_or_path: str) -> dict | None:
     """The config.json of a model directory or of a hub model's cached snapshot, if there is one here."""
@@ -102,14 +167,6 @@ def local_config(name_or_path: str) -> dict | None:
         return json.loads((d / "config.json").read_text())
     except ValueError:
         return None
-
-
-def config_params_m(cfg: dict) -> float:
-    """Millions of parameters a decoder-only config implies (12·L·h² for the blocks + V·h for the embeddings),
-    0 when it does not say; for models the registry does not know."""
-    h = cfg.get("hidden_size") or cfg.get("n_embd") or 0
-    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0
-    return (12 * layers * h * h + (cfg.get("vocab_size") or 0) * h) / 1e6
 
 
 def max_positions(name_or_path: str) -> int | None:
