@@ -249,7 +249,9 @@ def add_arguments(parser, cls: type, *, skip: tuple[str, ...] = (), flags: dict[
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         text = f"{f.metadata.get('help', '')} (default: {shown})".strip()
         if hints[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
+            import argparse
+
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, metavar=_type_name(hints[f.name]).upper()
                                 if get_origin(hints[f.name]) is not list else "A,B,...", help=text)

@@ -320,3 +320,27 @@ def response_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=attn, position_ids=_positions(attn),
                    logits_to_keep=T + 1).logits
     return logits[:, :T]
+
+
+@torch.no_grad()
+def student_reverse_kl_sums(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                            max_new_tokens: int, eos_token_id: int, pad_token_id: int, row_keys: torch.Tensor,
+                            rows: int | None = None, synced: bool = False) -> dict[str, float]:
+    """The student's reverse KL to the teacher on its own samples, as sums over the first `rows` rows.
+
+    Pure-student samples (α = 0) from keyed streams; at every sampled position the exact
+    KL(q‖p) = Σ_v q(v) (log q(v) − log p(v)) over the full vocabulary (no sampling estimate). Returns the sum of
+    the per-position KL over response tokens (`rkl`), the response tokens (`tokens`), the rows (`rows`) and the rows
+    whose response ended with EOS (`ended`): divide for per-token and per-row means after any all-reduce.
+    """
+    from takd.losses import per_position_divergence
+
+    ro = mixed_sample(student, None, input_ids, attention_mask, alpha=0.0, max_new_tokens=max_new_tokens,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, synced=synced, row_keys=row_keys)
+    batch = ro.as_batch()
+    per_token = per_position_divergence(response_logits(student, batch), response_logits(teacher, batch), "rkl")
+    real = input_ids.shape[0] if rows is None else rows
+    mask = ro.response_mask[:real]
+    ended = ((ro.response_ids[:real] == eos_token_id) & mask).any(-1)
+    return {"rkl": float((per_token[:real] * mask).sum()), "tokens": float(mask.sum()), "rows": float(real),
+            "ended": float(ended.sum())}

@@ -61,6 +61,34 @@ def test_exposure_bias_is_zero_for_identical_models_and_finite_otherwise(tokeniz
     assert other["eps"][-1] > 0 and all(abs(v) < 1e6 for v in other["ex_acc_err"])
 
 
+def test_held_out_reverse_kl_is_zero_against_itself_and_matches_the_minillm_log(tokenizer, tmp_path):
+    """The evaluation's reverse KL is the one MiniLLM logs at validation (same prompts, seed and samples), and a
+    model measured against itself is at 0 exactly."""
+    from takd.evaluate.config import EvalJob
+    from takd.evaluate.run import run_evaluation
+    from takd.train.config import stage_config
+    from takd.train.run import trainer_for
+
+    job = dict(model="tiny-s", datasets=["builtin"], seeds=[10], max_prompts=8, max_new_tokens=12, batch_size=4,
+               output_dir=str(tmp_path / "e"), calibration=None)
+    values = {}
+    for teacher in ("tiny-s", "tiny-m"):
+        df = run_evaluation(EvalJob(**job, teacher=teacher))
+        values[teacher] = df.set_index("metric")["value"].to_dict()
+    # random inits are near-uniform, so two of them are close but not equal
+    assert values["tiny-s"]["rev_kl"] == pytest.approx(0.0, abs=1e-6) and values["tiny-m"]["rev_kl"] > 0.01
+    assert 0.0 <= values["tiny-m"]["eos_rate"] <= 100.0 and 1 <= values["tiny-m"]["response_len"] <= 12
+
+    cfg = stage_config("minillm", name="m", student="tiny-s", teacher="tiny-m", output_dir=str(tmp_path / "m"),
+                       max_new_tokens=12, max_prompt_tokens=128, seed=10, tensorboard=False)
+    trainer = trainer_for(cfg)
+    trainer.setup()
+    examples = encode_rows(load_rows("builtin", "test"), trainer.tokenizer, 128, 12, with_response=False)[:8]
+    rkl, length = trainer.collector.student_rev_kl(examples, seed=10)
+    assert rkl == pytest.approx(values["tiny-m"]["rev_kl"], rel=1e-5)
+    assert length == pytest.approx(values["tiny-m"]["response_len"], rel=1e-6)
+
+
 def test_ece_perfectly_calibrated_vs_overconfident():
     g = torch.Generator().manual_seed(0)
     conf = torch.rand(20000, generator=g) * 0.5 + 0.5

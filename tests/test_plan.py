@@ -83,6 +83,8 @@ def test_dag_hands_each_stage_its_predecessors_final_checkpoint(tmp_path, capsys
     assert "eval-init-tiny-m" not in evals
     assert {"eval-sft-tiny-l", "eval-init-tiny-s", "eval-minillm-tiny-m-to-tiny-s", "eval-minillm-tiny-l-to-tiny-s",
             "eval-baseline-sft-tiny-s", "eval-baseline-kd-tiny-s"} <= evals
+    init_eval = by["eval-init-tiny-s"]  # the student's init is measured against the chain's teacher
+    assert init_eval.config.teacher == fin("sft-tiny-l") and init_eval.depends_on == ["init-tiny-s", "sft-tiny-l"]
     names = [s.name for s in stages]
     for s in stages:  # topological order
         assert all(names.index(d) < names.index(s.name) for d in s.depends_on)

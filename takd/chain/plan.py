@@ -175,6 +175,7 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
     chains = [[chain[0], ta, chain[-1]] for ta in tas] if tas else [chain]
     sets = _Overrides(overrides or [])
     stages: dict[str, PlannedStage] = {}
+    init_teacher: dict[str, str] = {}  # init stage -> the chain's teacher (stage or --teacher-path)
 
     def train(role, meth, name, model, student_init, teacher_stage_or_path, deps, label):
         if name in stages:
@@ -200,6 +201,7 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
             train("sft", "sft", f"sft-{slug(t)}", t, t, None, [], "teacher")
         for m in ch[1:]:
             train("init", "sft", f"init-{slug(m)}", m, m, None, [], "init")
+            init_teacher.setdefault(f"init-{slug(m)}", teacher_stage)  # what its evaluation compares it with
         prev = teacher_stage
         for i, m in enumerate(ch[1:], start=1):
             deps = [d for d in (prev, f"init-{slug(m)}") if d in stages]
@@ -219,7 +221,7 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
     students = {ch[-1] for ch in chains}
     for st in [x for x in stages.values() if evaluate]:
         if st.role != "init" or st.model in students:  # the student's SFT init shows what distillation adds
-            ev = _eval_stage(st, profile.eval, run_dir)
+            ev = _eval_stage(st, profile.eval, run_dir, init_teacher.get(st.name), stages)
             stages[ev.name] = ev
     if evaluate and teacher_path:  # a given teacher is evaluated like a trained one: the report's teacher row
         ev = _given_teacher_eval(teacher_path, profile.eval, run_dir)
@@ -236,14 +238,21 @@ def _given_teacher_eval(teacher_path: str, settings: EvalSettings, run_dir: Path
     return PlannedStage(name, "eval", teacher_path, [], job, "teacher")
 
 
-def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path) -> PlannedStage:
+def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path, chain_teacher: str | None,
+                stages: dict[str, PlannedStage]) -> PlannedStage:
+    """A trained stage's evaluation, against its own teacher (exposure bias, reverse KL); a student's SFT init is
+    compared with the chain's teacher, so that the report shows what distillation changed."""
     name = f"eval-{st.name}"
+    deps = [st.name]
     teacher = st.config.teacher or ""
+    if not teacher and chain_teacher:
+        teacher = str(final_dir(run_dir, chain_teacher)) if chain_teacher in stages else chain_teacher
+        deps += [chain_teacher] if chain_teacher in stages else []
     job = EvalJob(**{**asdict(settings), "exposure_bias": settings.exposure_bias and bool(teacher)},  # vs own teacher
                   model=str(final_dir(run_dir, st.name)), output_dir=str(stage_dir(run_dir, name)),
                   teacher=teacher or None, meta={"stage": st.name, "model": st.model, "method": st.config.method,
                                                  "label": st.label, "teacher": teacher})
-    return PlannedStage(name, "eval", st.model, [st.name], job, st.label)
+    return PlannedStage(name, "eval", st.model, deps, job, st.label)
 
 
 # ------------------------------------------------------------------------------------------------ display

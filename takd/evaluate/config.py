@@ -28,6 +28,9 @@ class EvalSettings:
     batch_size: int = _help("prompts per generate call", default=16)
     exposure_bias: bool = _help("ExAccErr(l) of the model against its teacher (needs --teacher)", default=False)
     exposure_prompts: int = _help("prompts for the exposure-bias estimate", default=50)
+    reverse_kl: bool = _help("held-out reverse KL to --teacher on the model's own samples (exact per token, first "
+                             "seed, the first dataset's prompts) and the share of answers that end with EOS",
+                             default=True)
     calibration: str | None = _help("ECE (10 bins) and accuracy on classification items with `labels`: a JSONL "
                                     "path, or builtin (the built-in task's items)", default=None)
     judge_url: str | None = _help("OpenAI-compatible base URL of an LLM judge (key from $TAKD_JUDGE_API_KEY)",

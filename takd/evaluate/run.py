@@ -69,6 +69,8 @@ def run_evaluation(job: EvalJob) -> pd.DataFrame:
             frames.append(_judge_rows(job, ds, meta))
     if job.exposure_bias and job.teacher:
         frames.append(_exposure_rows(model, tok, job, meta))
+    if job.reverse_kl and job.teacher:
+        frames.append(_reverse_kl_rows(model, tok, job, meta))
     if job.calibration:
         frames.append(_calibration_rows(model, tok, job.calibration, meta))
     return pd.concat(frames, ignore_index=True)
@@ -113,6 +115,35 @@ def _exposure_rows(model, tok, job: EvalJob, meta: dict) -> pd.DataFrame:
     print(f"exposure bias: ExAccErr({shown + 1}) = {res['ex_acc_err'][shown]:.1f} % ({len(ex)} prompts)")
     return pd.DataFrame([{**meta, "dataset": "exposure_bias", "seed": 10, "position": pos + 1,
                           "metric": "ex_acc_err", "value": v} for pos, v in enumerate(res["ex_acc_err"])])
+
+
+def _reverse_kl_rows(model, tok, job: EvalJob, meta: dict) -> pd.DataFrame:
+    """KL(q‖p) per response token of the model q to its teacher p on q's own samples (`rev_kl`), the share of
+    answers that end with EOS (`eos_rate`, %) and their mean length (`response_len`)."""
+    from takd.data.examples import collate_prompts
+    from takd.models.loading import load_model
+    from takd.sampling import decoding, stream_keys, student_reverse_kl_sums
+
+    ex = encode_rows(load_rows(job.datasets[0], job.split), tok, job.max_prompt_tokens, job.max_new_tokens,
+                     with_response=False)
+    ex = ex[: job.max_prompts] if job.max_prompts else ex
+    teacher = load_model(job.teacher)
+    totals = {"rkl": 0.0, "tokens": 0.0, "rows": 0.0, "ended": 0.0}
+    with decoding(model, teacher):
+        for start in range(0, len(ex), job.batch_size):
+            chunk = ex[start: start + job.batch_size]
+            p = collate_prompts(chunk, tok.pad_token_id)
+            sums = student_reverse_kl_sums(model, teacher, p["input_ids"], p["attention_mask"],
+                                           max_new_tokens=job.max_new_tokens, eos_token_id=tok.eos_token_id,
+                                           pad_token_id=tok.pad_token_id,
+                                           row_keys=stream_keys(job.seeds[0], 0, range(start, start + len(chunk))))
+            totals = {k: totals[k] + sums[k] for k in totals}
+    values = {"rev_kl": totals["rkl"] / max(totals["tokens"], 1.0), "eos_rate": 100 * totals["ended"] / totals["rows"],
+              "response_len": totals["tokens"] / totals["rows"]}
+    print(f"reverse KL to {job.teacher}: {values['rev_kl']:.3f} nats/token, {values['eos_rate']:.0f} % of answers "
+          f"end with EOS, {values['response_len']:.1f} tokens ({len(ex)} prompts)")
+    return pd.DataFrame([{**meta, "dataset": job.datasets[0], "seed": job.seeds[0], "metric": k, "value": v}
+                         for k, v in values.items()])
 
 
 def _calibration_rows(model, tok, source: str, meta: dict) -> pd.DataFrame:

@@ -12,8 +12,16 @@ import torch
 
 from takd import dist
 from takd.data.examples import EpochSampler, Example, collate_prompts
-from takd.losses import per_position_divergence, reverse_kl
-from takd.sampling import collate_sequences, is_filtered, mixed_sample, response_logits, restricted_logits, stream_keys
+from takd.losses import reverse_kl
+from takd.sampling import (
+    collate_sequences,
+    is_filtered,
+    mixed_sample,
+    response_logits,
+    restricted_logits,
+    stream_keys,
+    student_reverse_kl_sums,
+)
 from takd.train.backend import Backend
 from takd.train.config import MiniLLMStage
 from takd.train.minillm import objective as M
@@ -129,14 +137,10 @@ class RolloutCollector:
         first = rank * len(shard)
         p = dist.to_device(collate_prompts(shard, self.tokenizer.pad_token_id), self.backend.device)
         with self.backend.generating():
-            ro = mixed_sample(self.student, None, p["input_ids"], p["attention_mask"], alpha=0.0,
-                              max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-                              pad_token_id=self.tokenizer.pad_token_id, synced=self.backend.lockstep,
-                              row_keys=stream_keys(seed, 0, list(range(first, first + len(shard)))))
-            batch = ro.as_batch()
-            student_logits = response_logits(self.student, batch)
-        per_token = per_position_divergence(student_logits, response_logits(self.teacher, batch), "rkl")
-        mask = ro.response_mask[:real]
-        rkl, tokens, n = dist.all_reduce_sum([float((per_token[:real] * mask).sum()), float(mask.sum()),
-                                              float(real)])
+            sums = student_reverse_kl_sums(self.student, self.teacher, p["input_ids"], p["attention_mask"],
+                                           max_new_tokens=cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                                           pad_token_id=self.tokenizer.pad_token_id, synced=self.backend.lockstep,
+                                           row_keys=stream_keys(seed, 0, list(range(first, first + len(shard)))),
+                                           rows=real)
+        rkl, tokens, n = dist.all_reduce_sum([sums["rkl"], sums["tokens"], sums["rows"]])
         return rkl / max(tokens, 1.0), tokens / max(n, 1.0)
