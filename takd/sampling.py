@@ -319,7 +319,9 @@ def response_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     T = batch["response_ids"].shape[1]
     logits = model(input_ids=batch["input_ids"], attention_mask=attn, position_ids=_positions(attn),
                    logits_to_keep=T + 1).logits
-    return logits[:, :T]
+    # counted from the end: also right for a family whose forward ignores logits_to_keep and returns every position
+    # (OPT in transformers 4.56 takes it into **kwargs)
+    return logits[:, -(T + 1): -1]
 
 
 @torch.no_grad()
@@ -331,16 +333,19 @@ def student_reverse_kl_sums(student, teacher, input_ids: torch.Tensor, attention
     Pure-student samples (α = 0) from keyed streams; at every sampled position the exact
     KL(q‖p) = Σ_v q(v) (log q(v) − log p(v)) over the full vocabulary (no sampling estimate). Returns the sum of
     the per-position KL over response tokens (`rkl`), the response tokens (`tokens`), the rows (`rows`) and the rows
-    whose response ended with EOS (`ended`): divide for per-token and per-row means after any all-reduce.
+    whose response ended with EOS (`ended`): divide for per-token and per-row means after any all-reduce. With
+    `teacher` None there is no `rkl`.
     """
     from takd.losses import per_position_divergence
 
     ro = mixed_sample(student, None, input_ids, attention_mask, alpha=0.0, max_new_tokens=max_new_tokens,
                       eos_token_id=eos_token_id, pad_token_id=pad_token_id, synced=synced, row_keys=row_keys)
-    batch = ro.as_batch()
-    per_token = per_position_divergence(response_logits(student, batch), response_logits(teacher, batch), "rkl")
     real = input_ids.shape[0] if rows is None else rows
     mask = ro.response_mask[:real]
     ended = ((ro.response_ids[:real] == eos_token_id) & mask).any(-1)
-    return {"rkl": float((per_token[:real] * mask).sum()), "tokens": float(mask.sum()), "rows": float(real),
-            "ended": float(ended.sum())}
+    sums = {"tokens": float(mask.sum()), "rows": float(real), "ended": float(ended.sum())}
+    if teacher is not None:  # without a teacher: the samples' length and EOS share only
+        batch = ro.as_batch()
+        per_token = per_position_divergence(response_logits(student, batch), response_logits(teacher, batch), "rkl")
+        sums["rkl"] = float((per_token[:real] * mask).sum())
+    return sums

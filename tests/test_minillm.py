@@ -72,6 +72,7 @@ def test_policy_loss_hand_case():
     loss2, stats2 = M.policy_loss(torch.full((1, 3), 0.05), logq_old, torch.ones(1, 3), adv, mask, clip=0.2)
     ratio = math.exp(0.05)  # inside the clip range: plain −A·ρ
     assert loss2.item() == pytest.approx((-ratio + ratio) / 2) and stats2["clip_frac"].item() == 0.0
+    assert stats["approx_kl"].item() == 0.0 and stats2["approx_kl"].item() == pytest.approx(0.5 * 0.05**2)
 
 
 def test_policy_gradient_direction():

@@ -173,6 +173,7 @@ def test_epochs_size_a_supervised_stage(tmp_path, capsys):
 
 
 def test_a_top_k_filter_keeps_minillm_finite_on_the_students_kept_set(trained_teacher, tmp_path):
+    from takd.losses import reverse_kl
     from takd.sampling import restricted_logits
     from takd.train.minillm import objective as M
     from takd.train.minillm.trainer import MiniLLMTrainer
@@ -181,13 +182,12 @@ def test_a_top_k_filter_keeps_minillm_finite_on_the_students_kept_set(trained_te
     q = torch.tensor([[[0.5, 0.3, 0.1, 0.06, 0.04]]]).log()
     p = torch.tensor([[[0.2, 0.2, 0.4, 0.1, 0.1]]]).log()
     kept = torch.tensor([[[0, 1]]])
-    log_q, log_p = (M.log_probs(restricted_logits(x, 1.0, kept)) for x in (q, p))
-    reg = M.single_step_rkl_from_logprobs(log_q, log_p, torch.ones(1, 1, dtype=torch.bool))
+    logq, reg = M.policy_token_terms(q, p, torch.tensor([[1]]), 1.0, kept)
     want = 0.625 * math.log(0.625 / 0.5) + 0.375 * math.log(0.375 / 0.5)  # q' = (.625, .375), p' = (.5, .5)
-    assert reg.item() == pytest.approx(want, abs=1e-6)
+    assert reg.item() == pytest.approx(want, abs=1e-6) and logq.item() == pytest.approx(math.log(0.375), abs=1e-6)
     # unrestricted, the teacher's own top-k support would differ from the student's and give inf
-    assert torch.isinf(M.single_step_rkl_from_logprobs(log_q, M.log_probs(restricted_logits(p, 1.0, torch.tensor(
-        [[[2, 3]]]))), torch.ones(1, 1, dtype=torch.bool)))
+    log_q = M.log_probs(restricted_logits(q, 1.0, kept))
+    assert torch.isinf(reverse_kl(log_q, M.log_probs(restricted_logits(p, 1.0, torch.tensor([[[2, 3]]])))).sum())
 
     for alpha in (0.0, 0.2):
         cfg = stage_config("minillm", name="k", student="tiny-s", teacher=str(trained_teacher),

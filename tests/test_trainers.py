@@ -190,3 +190,21 @@ def test_minillm_rescore_and_sampler_logprobs_give_the_same_step(trained_teacher
         terms.append(t.optimizer_step())
     for k in ("loss", "pg", "reg", "reward", "ratio"):
         assert terms[0][k] == pytest.approx(terms[1][k], abs=1e-4), k
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ppo_ratio_starts_at_one_in_every_precision(dtype, tmp_path):
+    """A round's first mini-batch, before any update: log q_old equals the training forward's log q, so
+    approx_kl = mean ½(log q − log q_old)² is 0 — in bf16 because q_old is rescored by a like forward (the sampler's
+    incremental values differ there; benchmarks/bf16_logprobs.py measures by how much)."""
+    from takd.train.minillm.trainer import MiniLLMTrainer
+
+    cfg = stage_config("minillm", name="p", student="tiny-s", teacher="tiny-m", output_dir=str(tmp_path), max_steps=1,
+                       micro_batch_size=8, batch_size=8, dtype=dtype, **SMALL)
+    cfg.minillm.num_rollouts, cfg.minillm.rollout_batch_size, cfg.minillm.pt_loss = 8, 8, "none"
+    t = MiniLLMTrainer(cfg)
+    t.setup()
+    assert t.collector.rescore == (dtype != "float32")
+    with torch.no_grad():
+        terms = t.loss_terms(t.micro_batches()[0])
+    assert float(terms["approx_kl"]) < 1e-10

@@ -39,6 +39,7 @@ from takd.chain.plan import (
     build_plan,
     check_offline,
     check_positions,
+    check_prompt_formats,
     check_teacher_path,
     plan_table,
     read_plan,
@@ -46,6 +47,7 @@ from takd.chain.plan import (
     write_plan,
 )
 from takd.chain.profiles import ClusterProfile, default_profile, load_cluster, load_profile
+from takd.chain.profiles import profile_path as chain_profile_path
 from takd.config import ConfigError
 from takd.data.rows import unknown_dataset
 from takd.errors import cli
@@ -62,8 +64,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-eval", action="store_true", help="plan no evaluation stages (train only)")
     ap.add_argument("--baselines", default="", help="comma list of extra student baselines: sft,kd,seqkd")
     ap.add_argument("--teacher-path", default=None, help="an already fine-tuned teacher (HF dir): skips teacher SFT")
-    ap.add_argument("--profile", default=None, help="chain profile YAML (default: takd/configs/chains/tiny.yaml for "
-                                                    "tiny models, else takd/configs/chains/default.yaml)")
+    ap.add_argument("--profile", default=None, help="chain profile: a YAML path or a packaged name (tiny, default, "
+                    "smollm2-cpu); default: tiny for tiny models, else default")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a stage config key for every training stage that has it, e.g. --set "
                          "max_steps=100 or --set minillm.gamma=1")
@@ -111,7 +113,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     if tas and len(chain) != 2:
         raise ConfigError("--ta expects --chain teacher,student (the TA comes from --ta)")
     validate_chain(chain)
-    profile_path = Path(args.profile) if args.profile else default_profile(chain)
+    profile_path = chain_profile_path(args.profile) if args.profile else default_profile(chain)
     profile = load_profile(profile_path)
     cluster = load_cluster(args.cluster or "local")
     account = resolve_account(args, cluster)
@@ -146,6 +148,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
                         direct=not args.no_direct, baselines=baselines, teacher_path=args.teacher_path, tas=tas,
                         overrides=args.overrides, evaluate=not args.no_eval)
     check_positions(stages)
+    check_prompt_formats(stages)
     assign_resources(stages, cluster)
     meta = {"chain": chain, "tas": tas, "profile": str(profile_path), "cluster": cluster.name, "account": account,
             "executor": args.executor, "git": git_revision(),

@@ -98,6 +98,21 @@ def check_positions(stages: list[PlannedStage]) -> None:
                                   f"attends over at most {limit}; lower them (--set max_new_tokens=...)")
 
 
+def check_prompt_formats(stages: list[PlannedStage]) -> None:
+    """prompt_format chat needs each model's tokenizer to carry a chat template; checked here for tokenizers on
+    this machine (the stage checks again when it loads one)."""
+    from takd.models.vocabulary import has_chat_template
+
+    for st in stages:
+        fmt = st.config.prompt_format
+        models = [st.model] + ([st.teacher_model] if st.kind == "train" and st.teacher_model else [])
+        for m in models if fmt == "chat" else []:
+            files = registry.tokenizer_files(registry.resolve(m))
+            if files is not None and not has_chat_template(files):
+                raise ConfigError(f"stage {st.name}: prompt_format chat, but the tokenizer of {m} has no chat "
+                                  "template; use prompt_format: alpaca (the reference's template)")
+
+
 def check_teacher_path(path: str, student: str) -> None:
     """--teacher-path: a complete model directory, with the chain's vocabulary, larger than the student."""
     d = Path(path)
@@ -224,14 +239,16 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
             ev = _eval_stage(st, profile.eval, run_dir, init_teacher.get(st.name), stages)
             stages[ev.name] = ev
     if evaluate and teacher_path:  # a given teacher is evaluated like a trained one: the report's teacher row
-        ev = _given_teacher_eval(teacher_path, profile.eval, run_dir)
+        trained = next(x for x in stages.values() if x.kind == "train")  # one prompt format per chain (profile's)
+        ev = _given_teacher_eval(teacher_path, profile.eval, run_dir, trained.config.prompt_format)
         stages[ev.name] = ev
     return list(stages.values())
 
 
-def _given_teacher_eval(teacher_path: str, settings: EvalSettings, run_dir: Path) -> PlannedStage:
+def _given_teacher_eval(teacher_path: str, settings: EvalSettings, run_dir: Path, prompt_format: str
+                        ) -> PlannedStage:
     name = "eval-teacher"
-    job = EvalJob(**{**asdict(settings), "exposure_bias": False}, model=teacher_path,
+    job = EvalJob(**{**asdict(settings), "exposure_bias": False, "prompt_format": prompt_format}, model=teacher_path,
                   output_dir=str(stage_dir(run_dir, name)),
                   meta={"stage": "teacher", "model": teacher_path, "method": "given", "label": "teacher",
                         "teacher": ""})
@@ -248,7 +265,9 @@ def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path, chain_t
     if not teacher and chain_teacher:
         teacher = str(final_dir(run_dir, chain_teacher)) if chain_teacher in stages else chain_teacher
         deps += [chain_teacher] if chain_teacher in stages else []
-    job = EvalJob(**{**asdict(settings), "exposure_bias": settings.exposure_bias and bool(teacher)},  # vs own teacher
+    # evaluated against its own teacher, in the prompt format it was trained with
+    job = EvalJob(**{**asdict(settings), "exposure_bias": settings.exposure_bias and bool(teacher),
+                     "prompt_format": st.config.prompt_format},
                   model=str(final_dir(run_dir, st.name)), output_dir=str(stage_dir(run_dir, name)),
                   teacher=teacher or None, meta={"stage": st.name, "model": st.model, "method": st.config.method,
                                                  "label": st.label, "teacher": teacher})

@@ -107,6 +107,28 @@ def _prepare_dolly(out: Path) -> str:
     return f"dolly: {len(rows)} rows -> {out}"
 
 
+PUSH_IGNORED = [".*", "COMPLETE", "takd_model.json"]  # hidden temporaries, takd's markers: not part of the model
+
+
+def push_model(directory: str, repo_id: str, private: bool = True) -> str:
+    """Upload a finished model directory (a stage's `final/`: weights, tokenizer, model card, generation config) to
+    the hub, from a login node. The token is huggingface_hub's own ($HF_TOKEN or `hf auth login`); never printed."""
+    d = Path(directory)
+    if not (d / "COMPLETE").is_file() or snapshot_problems(d):
+        raise NotPrepared(f"--push {directory}: not a finished model directory (a stage's final/ with its COMPLETE "
+                          "marker); wait for the stage to finish")
+    if "/" not in repo_id or repo_id.count("/") > 1:
+        raise cfglib.ConfigError(f"--repo-id {repo_id!r} must be <user or organisation>/<name>")
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(d), repo_id=repo_id, ignore_patterns=PUSH_IGNORED,
+                      commit_message=f"takd: {d.parent.name}/{d.name}")
+    files = [f for f in d.iterdir() if f.is_file() and f.name not in PUSH_IGNORED and not f.name.startswith(".")]
+    return f"pushed {directory} ({len(files)} files, {'private' if private else 'public'}) -> {url}"
+
+
 def hub_reachable(timeout_s: float = 5.0) -> bool:
     """One quick TCP probe of the HF endpoint, so an offline node fails in seconds, not after retries."""
     import socket
@@ -158,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="", help="comma list: builtin,dolly,selfinst,vicuna,sni,unni")
     ap.add_argument("--record-listing", default=None, metavar="REPO",
                     help="print a hub repo's file listing as JSON (to refresh tests/data/hub_listings.json)")
+    ap.add_argument("--push", default=None, metavar="DIR", help="upload a finished model directory (a stage's final/) "
+                    "to the hub, from a login node; needs --repo-id")
+    ap.add_argument("--repo-id", default=None, help="hub repository for --push: <user or organisation>/<name>")
+    ap.add_argument("--public", action="store_true", help="--push to a public repository (default: private)")
     args = ap.parse_args(argv)
     # the Alliance's advice for login nodes (hf_xet "currently leads to failures"); read when huggingface_hub loads
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
@@ -168,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps({args.record_listing: sorted(HfApi().list_repo_files(args.record_listing))}, indent=1))
         return 0
+    if args.push:
+        return _push(args.push, args.repo_id, private=not args.public)
     names = [m for m in args.models.split(",") if m]
     sets = [d for d in args.datasets.split(",") if d]
     if not names and not sets:
@@ -203,3 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in job_environment().items():
         print(f"  export {k}={v}")
     return 1 if failures else 0
+
+
+def _push(directory: str, repo_id: str | None, private: bool) -> int:
+    if not repo_id:
+        raise cfglib.ConfigError("--push needs --repo-id <user or organisation>/<name>")
+    if not hub_reachable():
+        raise cfglib.ConfigError("the Hugging Face hub is unreachable from this node; push from a login node")
+    print(push_model(directory, repo_id, private), flush=True)
+    return 0

@@ -68,6 +68,12 @@ def load_profile(path: str | Path) -> ChainProfile:
     return profile
 
 
+def profile_path(name_or_path: str) -> Path:
+    """A chain profile by path, or by the name of one packaged in takd/configs/chains (tiny, default, smollm2-cpu)."""
+    packaged = CONFIG_DIR / "chains" / f"{name_or_path}.yaml"
+    return packaged if not Path(name_or_path).exists() and packaged.is_file() else Path(name_or_path)
+
+
 def default_profile(chain: list[str]) -> Path:
     tiny = all(resolve(m).is_tiny for m in chain)
     return CONFIG_DIR / "chains" / ("tiny.yaml" if tiny else "default.yaml")

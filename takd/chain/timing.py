@@ -110,7 +110,7 @@ def eval_hours(job, params: float, hw: Hardware) -> float:
     the first dataset for the reverse KL to the teacher (the teacher's forwards are not counted)."""
     batches = [math.ceil(min(job.max_prompts or EVAL_PROMPTS.get(d, 1_000), EVAL_PROMPTS.get(d, 1_000))
                          / job.batch_size) for d in job.datasets]
-    calls = sum(batches) * len(job.seeds) + (batches[0] if job.reverse_kl and job.teacher else 0)
+    calls = sum(batches) * len(job.seeds) + (batches[0] if job.reverse_kl else 0)
     place = Placement(1, 1)
     return calls * job.max_new_tokens * decode_seconds_per_token(params, hw, place, False) / 3600
 

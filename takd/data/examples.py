@@ -3,6 +3,11 @@
 Tokenisation adds no special tokens; a training sequence is tokens(prompt + response) + [EOS], and the response
 tokens are those after the prompt-length prefix. Rows whose prompt exceeds `max_prompt_tokens` are dropped (not
 truncated), as the reference does (reference §6).
+
+Prompt formats: `alpaca`, the reference's template for every family, with no BOS (the reference adds none, LLaMA
+included); `chat`, the tokenizer's own chat template with the instruction (and input) as one user turn and the
+generation prompt appended: whatever BOS/system text the template writes is part of the prompt, and the answer
+ends with the tokenizer's EOS (an instruct model's end-of-turn token, e.g. SmolLM2's `<|im_end|>`).
 """
 
 from __future__ import annotations
@@ -31,13 +36,28 @@ class Example:
     row: dict
 
 
+def chat_prompt(row: dict, tokenizer) -> str:
+    """The row as one user turn in the tokenizer's chat template, ready for the assistant's answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"prompt_format chat: the tokenizer of {tokenizer.name_or_path} has no chat template; use "
+                          "prompt_format: alpaca")
+    inp = (row.get("input") or "").strip()
+    user = f"{row['instruction']}\n\n{inp}" if inp else row["instruction"]
+    return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def prompt_text(row: dict, tokenizer, prompt_format: str = "alpaca") -> str:
+    return chat_prompt(row, tokenizer) if prompt_format == "chat" else format_prompt(row)
+
+
 def encode_rows(rows: list[dict], tokenizer, max_prompt_tokens: int, max_response_tokens: int,
-                with_response: bool = True) -> list[Example]:
-    """Tokenise rows; drop rows whose prompt is too long, truncate responses (EOS kept last)."""
+                with_response: bool = True, prompt_format: str = "alpaca") -> list[Example]:
+    """Tokenise rows in `prompt_format`; drop rows whose prompt is too long, truncate responses (EOS kept last)."""
     out = []
     eos = tokenizer.eos_token_id
     for row in rows:
-        prompt = format_prompt(row)
+        prompt = prompt_text(row, tokenizer, prompt_format)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if len(p_ids) > max_prompt_tokens:
             continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from takd.data.rows import format_prompt
+from takd.data.examples import prompt_text
 
 
 def expected_calibration_error(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int = 10) -> float:
@@ -27,12 +27,13 @@ def expected_calibration_error(confidences: torch.Tensor, correct: torch.Tensor,
 
 
 @torch.no_grad()
-def label_probabilities(model, tokenizer, row: dict) -> torch.Tensor:
+def label_probabilities(model, tokenizer, row: dict, prompt_format: str = "alpaca") -> torch.Tensor:
     """P(label | prompt) for each label word, renormalised over the labels. Returns [n_labels]."""
-    prompt = tokenizer(format_prompt(row), add_special_tokens=False)["input_ids"]
+    text = prompt_text(row, tokenizer, prompt_format)
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     scores = []
     for label in row["labels"]:
-        full = tokenizer(format_prompt(row) + label, add_special_tokens=False)["input_ids"]
+        full = tokenizer(text + label, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([full], device=model.device)
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
         targets = ids[0, 1:]
@@ -40,13 +41,14 @@ def label_probabilities(model, tokenizer, row: dict) -> torch.Tensor:
     return torch.softmax(torch.stack(scores), 0).cpu()
 
 
-def calibration(model, tokenizer, rows: list[dict], n_bins: int = 10) -> dict[str, float]:
+def calibration(model, tokenizer, rows: list[dict], n_bins: int = 10, prompt_format: str = "alpaca"
+                ) -> dict[str, float]:
     rows = [r for r in rows if r.get("labels")]
     if not rows:
         raise ValueError("no classification items: rows need a `labels` list of label words")
     conf, correct = [], []
     for r in rows:
-        probs = label_probabilities(model, tokenizer, r)
+        probs = label_probabilities(model, tokenizer, r, prompt_format)
         best = int(probs.argmax())
         conf.append(float(probs[best]))
         correct.append(float(r["labels"][best] == r["output"]))

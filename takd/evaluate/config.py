@@ -26,10 +26,13 @@ class EvalSettings:
     max_new_tokens: int = _help("tokens generated at most", default=256)
     max_prompt_tokens: int = _help("prompts longer than this many tokens are dropped", default=256)
     batch_size: int = _help("prompts per generate call", default=16)
+    prompt_format: str = _help("alpaca (the reference's template) or chat (the tokenizer's chat template); a "
+                               "planned evaluation uses its stage's", default="alpaca")
     exposure_bias: bool = _help("ExAccErr(l) of the model against its teacher (needs --teacher)", default=False)
     exposure_prompts: int = _help("prompts for the exposure-bias estimate", default=50)
     reverse_kl: bool = _help("held-out reverse KL to --teacher on the model's own samples (exact per token, first "
-                             "seed, the first dataset's prompts) and the share of answers that end with EOS",
+                             "seed, the first dataset's prompts; without --teacher: none) and the share of those "
+                             "answers that end with EOS, and their length",
                              default=True)
     calibration: str | None = _help("ECE (10 bins) and accuracy on classification items with `labels`: a JSONL "
                                     "path, or builtin (the built-in task's items)", default=None)
@@ -42,6 +45,8 @@ class EvalSettings:
         check(bool(self.seeds), "eval.seeds must list at least one seed")
         check(self.max_prompts >= 0 and self.batch_size >= 1 and self.max_new_tokens >= 1,
               "eval.max_prompts must be >= 0, batch_size and max_new_tokens >= 1")
+        check(self.prompt_format in ("alpaca", "chat"),
+              f"prompt_format must be alpaca or chat, got {self.prompt_format!r}")
         check(self.max_prompt_tokens >= 1 and self.exposure_prompts >= 1,
               "eval.max_prompt_tokens and eval.exposure_prompts must be >= 1")
 

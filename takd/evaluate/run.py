@@ -22,6 +22,7 @@ from takd.data.rows import load_rows, references, write_jsonl
 from takd.evaluate.config import PROTOCOL_SEEDS, EvalJob
 from takd.evaluate.generation import generate
 from takd.evaluate.metrics import mean_ci95, score
+from takd.models.cards import add_evaluation
 
 
 def evaluate_model(model, tokenizer, examples: list[Example], seeds: tuple[int, ...] = PROTOCOL_SEEDS, *,
@@ -46,12 +47,12 @@ def run_evaluation(job: EvalJob) -> pd.DataFrame:
     from takd.models.loading import load_model, load_tokenizer_for
 
     model, tok = load_model(job.model), load_tokenizer_for(job.model)
-    meta = {"model": job.model, **job.meta}
+    meta = {"model": job.model, "prompt_format": job.prompt_format, **job.meta}
     out = Path(job.output_dir)
     frames = []
     for ds in job.datasets:
         ex = encode_rows(load_rows(ds, job.split), tok, job.max_prompt_tokens, job.max_new_tokens,
-                         with_response=False)
+                         with_response=False, prompt_format=job.prompt_format)
         ex = ex[: job.max_prompts] if job.max_prompts else ex
         if not ex:
             raise ConfigError(f"dataset {ds} split {job.split}: no prompt fits max_prompt_tokens="
@@ -69,11 +70,27 @@ def run_evaluation(job: EvalJob) -> pd.DataFrame:
             frames.append(_judge_rows(job, ds, meta))
     if job.exposure_bias and job.teacher:
         frames.append(_exposure_rows(model, tok, job, meta))
-    if job.reverse_kl and job.teacher:
+    if job.reverse_kl:
         frames.append(_reverse_kl_rows(model, tok, job, meta))
     if job.calibration:
-        frames.append(_calibration_rows(model, tok, job.calibration, meta))
-    return pd.concat(frames, ignore_index=True)
+        frames.append(_calibration_rows(model, tok, job.calibration, meta, job.prompt_format))
+    df = pd.concat(frames, ignore_index=True)
+    if add_evaluation(job.model, card_table(df, job)):
+        print(f"evaluation recorded in {Path(job.model) / 'README.md'}")
+    return df
+
+
+def card_table(df: pd.DataFrame, job: EvalJob) -> str:
+    """The model card's evaluation section: each metric's mean ± 95 % half-width over the sampling seeds."""
+    lines = [f"takd.evaluate, split `{job.split}`, {job.prompt_format} prompts, sampling seeds "
+             f"{', '.join(map(str, job.seeds))}, at most {job.max_new_tokens} new tokens"
+             + (f"; reverse KL to `{job.teacher}`" if job.teacher and job.reverse_kl else "") + ".", "",
+             "| dataset | metric | mean | ± 95 % | seeds |", "|---|---|---|---|---|"]
+    scalar = df[df["position"].isna()] if "position" in df else df
+    for (ds, metric), grp in scalar.groupby(["dataset", "metric"], sort=False):
+        m, ci = mean_ci95(grp["value"].tolist())
+        lines.append(f"| {ds} | {metric} | {m:.2f} | {ci:.2f} | {grp['seed'].nunique()} |")
+    return "\n".join(lines)
 
 
 def write_results(df: pd.DataFrame, out: Path) -> Path:
@@ -109,7 +126,7 @@ def _exposure_rows(model, tok, job: EvalJob, meta: dict) -> pd.DataFrame:
     from takd.models.loading import load_model
 
     ex = encode_rows(load_rows(job.datasets[0], job.split), tok, job.max_prompt_tokens, job.max_new_tokens,
-                     with_response=False)[: job.exposure_prompts]
+                     with_response=False, prompt_format=job.prompt_format)[: job.exposure_prompts]
     res = exposure_bias(model, load_model(job.teacher), tok, ex, max_new_tokens=job.max_new_tokens)
     shown = min(15, job.max_new_tokens - 1)  # the reference prints index 15
     print(f"exposure bias: ExAccErr({shown + 1}) = {res['ex_acc_err'][shown]:.1f} % ({len(ex)} prompts)")
@@ -118,18 +135,18 @@ def _exposure_rows(model, tok, job: EvalJob, meta: dict) -> pd.DataFrame:
 
 
 def _reverse_kl_rows(model, tok, job: EvalJob, meta: dict) -> pd.DataFrame:
-    """KL(q‖p) per response token of the model q to its teacher p on q's own samples (`rev_kl`), the share of
-    answers that end with EOS (`eos_rate`, %) and their mean length (`response_len`)."""
+    """KL(q‖p) per response token of the model q to its teacher p on q's own samples (`rev_kl`, with a teacher),
+    the share of those answers that end with EOS (`eos_rate`, %) and their mean length (`response_len`)."""
     from takd.data.examples import collate_prompts
     from takd.models.loading import load_model
     from takd.sampling import decoding, stream_keys, student_reverse_kl_sums
 
     ex = encode_rows(load_rows(job.datasets[0], job.split), tok, job.max_prompt_tokens, job.max_new_tokens,
-                     with_response=False)
+                     with_response=False, prompt_format=job.prompt_format)
     ex = ex[: job.max_prompts] if job.max_prompts else ex
-    teacher = load_model(job.teacher)
+    teacher = load_model(job.teacher) if job.teacher else None
     totals = {"rkl": 0.0, "tokens": 0.0, "rows": 0.0, "ended": 0.0}
-    with decoding(model, teacher):
+    with decoding(*[m for m in (model, teacher) if m is not None]):
         for start in range(0, len(ex), job.batch_size):
             chunk = ex[start: start + job.batch_size]
             p = collate_prompts(chunk, tok.pad_token_id)
@@ -137,20 +154,22 @@ def _reverse_kl_rows(model, tok, job: EvalJob, meta: dict) -> pd.DataFrame:
                                            max_new_tokens=job.max_new_tokens, eos_token_id=tok.eos_token_id,
                                            pad_token_id=tok.pad_token_id,
                                            row_keys=stream_keys(job.seeds[0], 0, range(start, start + len(chunk))))
-            totals = {k: totals[k] + sums[k] for k in totals}
-    values = {"rev_kl": totals["rkl"] / max(totals["tokens"], 1.0), "eos_rate": 100 * totals["ended"] / totals["rows"],
-              "response_len": totals["tokens"] / totals["rows"]}
-    print(f"reverse KL to {job.teacher}: {values['rev_kl']:.3f} nats/token, {values['eos_rate']:.0f} % of answers "
-          f"end with EOS, {values['response_len']:.1f} tokens ({len(ex)} prompts)")
+            totals = {k: totals[k] + sums.get(k, 0.0) for k in totals}
+    values = {"eos_rate": 100 * totals["ended"] / totals["rows"], "response_len": totals["tokens"] / totals["rows"]}
+    if teacher is not None:
+        values = {"rev_kl": totals["rkl"] / max(totals["tokens"], 1.0), **values}
+        print(f"reverse KL to {job.teacher}: {values['rev_kl']:.3f} nats/token", end="; ")
+    print(f"{values['eos_rate']:.0f} % of answers end with EOS, {values['response_len']:.1f} tokens ({len(ex)} "
+          "prompts)")
     return pd.DataFrame([{**meta, "dataset": job.datasets[0], "seed": job.seeds[0], "metric": k, "value": v}
                          for k, v in values.items()])
 
 
-def _calibration_rows(model, tok, source: str, meta: dict) -> pd.DataFrame:
+def _calibration_rows(model, tok, source: str, meta: dict, prompt_format: str) -> pd.DataFrame:
     from takd.evaluate.calibration import calibration
 
     rows = load_rows("builtin", "test") if source == "builtin" else load_rows(source, "test")
-    res = calibration(model, tok, rows)
+    res = calibration(model, tok, rows, prompt_format=prompt_format)
     print(f"calibration: ECE {res['ece']:.3f}, accuracy {res['accuracy']:.1f} % ({res['items']} items)")
     return pd.DataFrame([{**meta, "dataset": "calibration", "seed": 0, "metric": k, "value": res[k]}
                          for k in ("ece", "accuracy")])

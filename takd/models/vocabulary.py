@@ -68,6 +68,14 @@ def read_vocabulary(directory: str | Path) -> Vocabulary | None:
     return Vocabulary(tokens, special, sha)
 
 
+def has_chat_template(directory: str | Path) -> bool:
+    """Whether saved tokenizer files carry a chat template (transformers ≥ 4.43 writes chat_template.jinja, older
+    versions a `chat_template` key in tokenizer_config.json)."""
+    d = Path(directory)
+    config = _json(d / "tokenizer_config.json") or {}
+    return (d / "chat_template.jinja").is_file() or bool(config.get("chat_template"))
+
+
 def first_difference(a: Vocabulary, b: Vocabulary) -> str | None:
     """Where two vocabularies first differ, in words (None when they are the same)."""
     if a.model_file_sha256 or b.model_file_sha256:

@@ -95,12 +95,21 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     d = direct_vs_ta(df)
     md = [f"# takd report: {', '.join(r.name for r in run_dirs)}",
           f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from takd commit {git_revision()}.", ""]
+    if "prompt_format" in df and df["prompt_format"].notna().any():
+        formats = ", ".join(sorted(df["prompt_format"].dropna().unique()))
+        md += [f"Prompt format: {formats} (alpaca: the reference's template; chat: each tokenizer's chat template).",
+               ""]
     if not s.empty:
         md += ["## Rouge-L (mean ± 95 % CI over sampling seeds)", "",
                _md_table(s[["run", "dataset", "label", "stage", "model", "mean", "ci95", "seeds"]]), "",
                f"![Rouge-L]({plot_rouge(s, out / 'rouge_l.png').name})", ""]
     if not d.empty:
         md += ["## Student via TA vs direct (paired by seed)", "", _md_table(d), ""]
+    rkl = df[df["metric"].isin(["rev_kl", "eos_rate", "response_len"])]
+    if not rkl.empty:
+        md += ["## Held-out reverse KL to the teacher (nats/token, the model's own samples; EOS share %, mean length)",
+               "", _md_table(rkl.pivot_table(index=["label", "stage"], columns="metric", values="value",
+                                             sort=False).reset_index()), ""]
     ta = ta_size_curve(df, out / "ta_size.png")
     if ta:
         md += ["## TA-size curve", "", f"![TA size]({ta.name})", ""]

@@ -14,6 +14,7 @@ import random
 import shutil
 import zipfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ import torch
 from takd import checkpoint as ckpt
 from takd import dist
 from takd.config import ConfigError
+from takd.models import cards
 from takd.models.loading import load_model
 from takd.models.registry import write_model_meta
+from takd.paths import git_revision
 from takd.train.backend import Backend
 
 STATE_FILE = "trainer_state.pt"
@@ -57,13 +60,29 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
+def card_for(cfg, tokenizer) -> dict[str, Any]:
+    """`write_hf`'s card arguments for a stage: its model card and the evaluation's generation settings."""
+    from takd import __version__
+    from takd.models import registry
+
+    base = registry.base_model_name(cfg.student)
+    spec = registry.resolve(base)
+    hub_id = spec.hf_id if spec.hf_id and not spec.is_tiny and not Path(spec.hf_id).is_dir() else None
+    text = cards.model_card(asdict(cfg), base=base, base_hub_id=hub_id, version=__version__, commit=git_revision())
+    return {"card": text, "generation": cards.generation_config(cfg.max_new_tokens, tokenizer.eos_token_id,
+                                                                tokenizer.pad_token_id)}
+
+
 def write_hf(student, tokenizer, directory: Path, state_dict: dict[str, torch.Tensor] | None, extra: dict[str, Any],
-             **meta: Any) -> None:
-    """An HF directory (rank 0): `state_dict` as the student's weights, the tokenizer, takd's metadata; config.json
-    states the dtype of the weights written (transformers would write the module's: float32 master weights)."""
+             card: str | None = None, generation: dict[str, Any] | None = None, **meta: Any) -> None:
+    """An HF directory (rank 0): `state_dict` as the student's weights, the tokenizer, takd's metadata, the model card
+    and generation_config.json (HF conventions); config.json states the dtype of the weights written (transformers
+    would write the module's: float32 master weights)."""
     student.save_pretrained(directory, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
     write_model_meta(directory, **meta, **extra)
+    if card is not None and generation is not None:
+        cards.write_card(directory, card, generation)
     dtype = next((v.dtype for v in (state_dict or {}).values() if v.is_floating_point()), None)
     if dtype is not None:
         config = json.loads((directory / "config.json").read_text())

@@ -23,6 +23,7 @@ from takd.config import check
 Method = Literal["sft", "kd", "seqkd", "minillm"]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # stage names: directory and Slurm job names
 Dtype = Literal["float32", "bfloat16", "float16"]
+PromptFormat = Literal["alpaca", "chat"]
 DIVERGENCES = ("fkl", "rkl", "tvd", "jsd", "skl", "srkl")  # = takd.losses.KINDS (tested); names only, no torch
 
 
@@ -172,6 +173,8 @@ class StageConfig:
     gradient_checkpointing: bool | None = None
     max_prompt_tokens: int = 256  # longer prompts are dropped (reference)
     max_new_tokens: int = 256  # response tokens (generation and training targets)
+    # alpaca: the reference's template for every family; chat: the tokenizer's chat template (instruct models)
+    prompt_format: PromptFormat = "alpaca"
     eval_every_steps: int = 50  # 0 = only at the end
     eval_prompts: int = 200  # validation prompts for in-training Rouge-L
     save_every_steps: int = 50  # checkpoint cadence (optimizer steps)
@@ -201,6 +204,8 @@ class StageConfig:
         check(self.method == "sft" or bool(self.teacher),
               f"method {self.method!r} needs a teacher: set teacher=<model name or HF directory>")
         check(self.save_every_steps >= 1, "save_every_steps must be >= 1")
+        check(self.prompt_format in ("alpaca", "chat"),
+              f"prompt_format must be alpaca or chat, got {self.prompt_format!r}")
         check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
 
     @property

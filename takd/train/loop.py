@@ -31,7 +31,7 @@ from takd.evaluate.metrics import score
 from takd.models.loading import check_same_tokenizer, load_tokenizer_for, model_dir
 from takd.models.registry import base_model_name
 from takd.train.backend import create_backend
-from takd.train.checkpointing import Checkpointer, config_fingerprint, resumable, write_hf
+from takd.train.checkpointing import Checkpointer, card_for, config_fingerprint, resumable, write_hf
 from takd.train.config import StageConfig, optimizer_steps
 from takd.train.metrics_log import MetricsLog, progress_bar
 from takd.train.preemption import Preempted, PreemptionGuard
@@ -99,7 +99,7 @@ class Trainer:
         self.teacher = self.load_teacher() if (self.needs_teacher and cfg.teacher) else None
         self.train_examples = self.build_train_examples()
         self.valid_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
-                                          cfg.max_new_tokens)[: cfg.eval_prompts]
+                                          cfg.max_new_tokens, prompt_format=cfg.prompt_format)[: cfg.eval_prompts]
         self.sampler = EpochSampler(len(self.train_examples), seed=cfg.seed)
         self.max_steps = optimizer_steps(cfg, len(self.train_examples))
         self.backend.prepare(self.student, self.max_steps)
@@ -107,7 +107,7 @@ class Trainer:
         self.best = BestKeeper(cfg.select_by)
         self.checkpoints = Checkpointer(self.out, self.backend, keep=cfg.keep_checkpoints, export=partial(
             write_hf, self.student, self.tokenizer, base=base_model_name(cfg.student), stage=cfg.name,
-            method=cfg.method))
+            method=cfg.method, **card_for(cfg, self.tokenizer)))
         self.student.train()
 
     def load_teacher(self) -> torch.nn.Module:
@@ -118,7 +118,7 @@ class Trainer:
     def build_train_examples(self) -> list[Example]:
         cfg = self.cfg
         return encode_rows(load_rows(cfg.dataset, "train", seed=0), self.tokenizer, cfg.max_prompt_tokens,
-                           cfg.max_new_tokens)
+                           cfg.max_new_tokens, prompt_format=cfg.prompt_format)
 
     def log_setup(self) -> None:
         if self.rank != 0:

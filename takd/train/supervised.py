@@ -60,12 +60,14 @@ class SeqKDTrainer(KDTrainer):
         if not path.is_file():
             self.generate_teacher_data(path)
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return encode_rows(rows, self.tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens)
+        return encode_rows(rows, self.tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens,
+                           prompt_format=cfg.prompt_format)
 
     def generate_teacher_data(self, path: Path) -> None:
         cfg, s = self.cfg, self.cfg.seqkd.sampling
         rows = load_rows(cfg.dataset, "train", seed=0)
-        prompts = encode_rows(rows, self.tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens, with_response=False)
+        prompts = encode_rows(rows, self.tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens, with_response=False,
+                              prompt_format=cfg.prompt_format)
         if self.rank == 0:
             print(f"[{cfg.name}] SeqKD: teacher {cfg.teacher} samples {len(prompts)} responses on {self.world} "
                   f"process(es) -> {path}", flush=True)

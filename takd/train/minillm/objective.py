@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 
 from takd.losses import (
+    AUTO,
+    chunked,
     masked_mean,
     per_position_divergence,
     reverse_kl,
@@ -23,6 +25,7 @@ from takd.losses import (
     token_cross_entropy,
     upcast,
 )
+from takd.sampling import restricted_logits
 
 
 def importance_weights(logq_old: torch.Tensor, logp: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -97,7 +100,9 @@ def policy_loss(logq: torch.Tensor, logq_old: torch.Tensor, weights: torch.Tenso
     """PPO-clipped policy gradient with the teacher-mix importance weight inside the ratio.
 
     ρ_t = exp(log q_θ − log q_old)·w_t  (= q_θ/p̃);  loss = Σ mask·max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) / Σ mask.
-    Returns (loss, {clip_frac, ratio}) with detached diagnostics.
+    Returns (loss, {clip_frac, ratio, approx_kl}) with detached diagnostics; approx_kl = mean ½(log q_θ − log q_old)²
+    (the k2 estimator PPO implementations log): 0 at a round's first mini-batch when log q_old and the training
+    forward agree, so it also measures the sampler/forward mismatch.
     """
     ratio = torch.exp(logq - logq_old) * weights
     unclipped = -advantages * ratio
@@ -105,7 +110,8 @@ def policy_loss(logq: torch.Tensor, logq_old: torch.Tensor, weights: torch.Tenso
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {"clip_frac": masked_mean((clipped > unclipped).float(), mask),
-                 "ratio": masked_mean(ratio, mask)}
+                 "ratio": masked_mean(ratio, mask),
+                 "approx_kl": masked_mean(0.5 * (logq - logq_old) ** 2, mask)}
     return loss, stats
 
 
@@ -118,25 +124,67 @@ def single_step_rkl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return masked_mean(per_position_divergence(student_logits, teacher_logits, "rkl"), mask)
 
 
-def single_step_rkl_from_logprobs(log_q: torch.Tensor, log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`single_step_rkl` from log-softmaxed inputs [B, T, V], for callers that already hold them."""
-    return masked_mean(reverse_kl(log_q, log_p.detach()), mask)
+def policy_token_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, tokens: torch.Tensor,
+                       temperature: float = 1.0, kept_ids: torch.Tensor | None = None,
+                       chunk_positions: int | None = AUTO) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per response position, in chunks of positions: log q_θ(y_t), and with teacher logits the exact single-step
+    KL(q_θ‖p) = Σ_v q_θ(v)(log q_θ(v) − log p(v)) — both on the student's rollout-time kept set when a sampling
+    filter is on (reference §2b: its inf_mask), at the sampling temperature.
+
+    One log-softmax per chunk serves both (the ratio's log q and the single-step term). logits [B, T, V], tokens
+    [B, T], kept_ids [B, T, K] or None -> ([B, T], [B, T] or None); differentiable through the student only.
+    """
+    def per_chunk(s: torch.Tensor, t: torch.Tensor | None, tok: torch.Tensor, kept: torch.Tensor | None
+                  ) -> torch.Tensor:
+        log_q = log_probs(restricted_logits(s, temperature, kept))
+        out = [take(log_q, tok)]
+        if t is not None:
+            out.append(reverse_kl(log_q, log_probs(restricted_logits(t, temperature, kept))))
+        return torch.stack(out, -1)
+
+    teacher = None if teacher_logits is None else teacher_logits.detach()
+    terms = chunked(per_chunk, student_logits, teacher, tokens, kept_ids, chunk_positions=chunk_positions)
+    return terms[..., 0], (terms[..., 1] if teacher is not None else None)
+
+
+def rollout_token_logprobs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: torch.Tensor,
+                           temperature: float = 1.0, kept_ids: torch.Tensor | None = None,
+                           chunk_positions: int | None = AUTO) -> dict[str, torch.Tensor]:
+    """A rollout's per-token log-probabilities for scoring (reference §2a), in chunks of positions, no gradient:
+    `logq_old` = log q(y_t) on the kept set at the sampling temperature; `logp` = log p(y_t), the reward's teacher
+    (full vocabulary, temperature 1); `logp_mix` = the mixture's teacher, on the kept set at the temperature (= logp
+    when unfiltered at T = 1); `rkl` = KL(q‖p_mix) at each position (the exact reverse KL of a pure-student
+    rollout). All [B, T]."""
+    def per_chunk(s: torch.Tensor, t: torch.Tensor, tok: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+        log_q, log_p = log_probs(restricted_logits(s, temperature, kept)), log_probs(t)
+        unfiltered = kept is None and temperature == 1.0
+        log_p_mix = log_p if unfiltered else log_probs(restricted_logits(t, temperature, kept))
+        return torch.stack([take(log_q, tok), take(log_p, tok), take(log_p_mix, tok), reverse_kl(log_q, log_p_mix)],
+                           -1)
+
+    with torch.no_grad():
+        terms = chunked(per_chunk, student_logits, teacher_logits, tokens, kept_ids, chunk_positions=chunk_positions)
+    return dict(zip(("logq_old", "logp", "logp_mix", "rkl"), terms.unbind(-1), strict=True))
 
 
 def pt_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
-            kd_ratio: float, mode: str = "lm+kd") -> torch.Tensor:
+            kd_ratio: float, mode: str = "lm+kd", chunk_positions: int | None = AUTO) -> torch.Tensor:
     """Pretraining loss on packed corpus chunks: (1 − r)·LM + r·(−Σ_v p log q_θ), token-mean (reference §2b).
 
     mode "lm" is the paper's plain LM loss; "lm+kd" the code's (kd_ratio 0.5). labels are already aligned.
     """
     mask = labels >= 0
-    lm = masked_mean(token_cross_entropy(student_logits, labels), mask)
     if mode == "lm" or kd_ratio == 0.0:
-        return lm
+        return masked_mean(token_cross_entropy(student_logits, labels, chunk_positions), mask)
     if teacher_logits is None:
         raise ValueError("pt_loss mode 'lm+kd' needs teacher logits")
-    kd = masked_mean(soft_cross_entropy(student_logits, teacher_logits), mask)
-    return (1.0 - kd_ratio) * lm + kd_ratio * kd
+
+    def per_chunk(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([token_cross_entropy(s[None], y[None], None)[0],
+                            soft_cross_entropy(s, t, None)], -1)  # one chunk: both terms, one gradient pass
+
+    both = chunked(per_chunk, student_logits, teacher_logits.detach(), labels, chunk_positions=chunk_positions)
+    return (1.0 - kd_ratio) * masked_mean(both[..., 0], mask) + kd_ratio * masked_mean(both[..., 1], mask)
 
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,10 @@ import torch
 
 from takd import dist
 from takd.data.examples import EpochSampler, Example, collate_prompts
-from takd.losses import reverse_kl
 from takd.sampling import (
     collate_sequences,
-    is_filtered,
     mixed_sample,
     response_logits,
-    restricted_logits,
     stream_keys,
     student_reverse_kl_sums,
 )
@@ -101,16 +98,13 @@ class RolloutCollector:
                                                      self.tokenizer.pad_token_id), self.backend.device)
             tokens, mask = batch["response_ids"], batch["mask"]
             t_logits = response_logits(self.teacher, batch)
-            log_p = M.log_probs(t_logits)  # full vocabulary, no temperature: the reward's teacher (reference §2a.4)
             with self.backend.compute():
                 s_logits = response_logits(self.student, batch)
-            log_q = M.log_probs(restricted_logits(s_logits, s.temperature, kept))
-            # the mixture's teacher, on the student's kept set; with T=1, k=0, p=1 it is log_p itself
-            unfiltered = not is_filtered(s.temperature, s.top_k, s.top_p)
-            log_p_mix = log_p if unfiltered else M.log_probs(restricted_logits(t_logits, s.temperature, kept))
-            logq_old, logp_reward, logp_mix = M.take(log_q, tokens), M.take(log_p, tokens), M.take(log_p_mix, tokens)
+            # the reward's teacher: full vocabulary, no temperature (reference §2a.4); the mixture's on the kept set
+            lp = M.rollout_token_logprobs(s_logits, t_logits, tokens, s.temperature, kept)
+            logq_old, logp_reward, logp_mix = lp["logq_old"], lp["logp"], lp["logp_mix"]
             if mc.alpha == 0.0:  # pure-student rollout: its exact reverse KL is the logged one, free here
-                sums["rkl"] += float((reverse_kl(log_q, log_p_mix) * mask).sum())
+                sums["rkl"] += float((lp["rkl"] * mask).sum())
         valid = mask & torch.isfinite(logq_old) & torch.isfinite(logp_mix)
         logq_old, logp_mix = (torch.where(valid, x, torch.zeros_like(x)) for x in (logq_old, logp_mix))
         weights = M.importance_weights(logq_old, logp_mix, mc.alpha)

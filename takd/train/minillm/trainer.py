@@ -29,7 +29,7 @@ from takd.data.examples import EpochSampler, encode_rows
 from takd.data.rows import data_dir, load_rows
 from takd.models.loading import disable_dropout
 from takd.models.registry import base_model_name
-from takd.sampling import response_logits, restricted_logits
+from takd.sampling import response_logits
 from takd.train.loop import Trainer
 from takd.train.minillm import objective as M
 from takd.train.minillm.buffer import RolloutBuffer, collate_rollouts
@@ -61,7 +61,7 @@ class MiniLLMTrainer(Trainer):
         """MiniLLM trains on its own rollouts: only the training prompts are needed (reference §1: prompt-only data)."""
         cfg = self.cfg
         return encode_rows(load_rows(cfg.dataset, "train", seed=0), self.tokenizer, cfg.max_prompt_tokens,
-                           cfg.max_new_tokens, with_response=False)
+                           cfg.max_new_tokens, with_response=False, prompt_format=cfg.prompt_format)
 
     def load_corpus(self) -> PackedCorpus:
         cfg = self.cfg
@@ -92,10 +92,15 @@ class MiniLLMTrainer(Trainer):
         mc = self.cfg.minillm
         mask, tokens, kept = batch["mask"], batch["response_ids"], batch.get("kept_ids")
         temperature = mc.sampling.temperature
-        # one log-softmax, two uses: the policy ratio and the single-step term; with a sampling filter both are on
-        # the student's rollout-time kept set (reference §2b: the inf_mask), dropped positions masked out
-        log_q = M.log_probs(restricted_logits(response_logits(self.backend.train_forward, batch), temperature, kept))
-        logq = torch.where(mask, M.take(log_q, tokens), torch.zeros_like(mask, dtype=log_q.dtype))
+        s_logits = response_logits(self.backend.train_forward, batch)
+        t_logits = None
+        if mc.single_step:
+            with torch.no_grad():
+                t_logits = response_logits(self.teacher, batch)
+        # one log-softmax per chunk of positions, two uses: the policy ratio and the single-step term; with a
+        # sampling filter both on the student's rollout-time kept set (reference §2b), dropped positions masked out
+        logq_all, single_step = M.policy_token_terms(s_logits, t_logits, tokens, temperature, kept)
+        logq = torch.where(mask, logq_all, torch.zeros_like(logq_all))
         returns = M.normalized_returns(batch["rewards"], mask, mc.gamma, mc.length_norm)
         if mc.whiten:
             # statistics over [B × max_new_tokens] with zero padding, as the reference pads responses to 256
@@ -107,10 +112,8 @@ class MiniLLMTrainer(Trainer):
         share = M.token_share(local, total, self.world)
         terms = {"pg": pg * share, **{k: v * share for k, v in pg_stats.items()}}
         loss = terms["pg"]
-        if mc.single_step:
-            with torch.no_grad():
-                log_p = M.log_probs(restricted_logits(response_logits(self.teacher, batch), temperature, kept))
-            terms["reg"] = M.single_step_rkl_from_logprobs(log_q, log_p, mask) * share
+        if single_step is not None:
+            terms["reg"] = M.masked_mean(single_step, mask) * share
             loss = loss + terms["reg"]
         if self.corpus is not None:
             terms["pt"] = self.pt_term()
