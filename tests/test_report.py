@@ -46,7 +46,12 @@ def test_report_tables_and_figures(fast_chain_run, tmp_path):
     for png in ["rouge_l.png", "curve_loss.png", "curve_rev_kl.png"]:
         _assert_real_png(tmp_path / "rep" / png)
     assert "Calibration" in report and "Exposure bias" in report
-    assert (tmp_path / "rep" / "report.html").is_file()
+    page = (tmp_path / "rep" / "report.html").read_text()
+    # the same figures as real HTML tables (pandas renders them), every figure inline
+    tables = page.count('<table class="dataframe results">')
+    assert tables == report.count("\n|---|") and tables >= 3 and "<pre>" not in page
+    assert f"<td>{s.iloc[0]['stage']}</td>" in page and f"{s.iloc[0]['mean']:.2f}" in page
+    assert page.count("<img ") == report.count("![")
     assert report_main([str(tmp_path)]) == 2  # not a run directory
 
 

@@ -93,7 +93,7 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     df.to_csv(out / "results.csv", index=False)
     s = summary(df)
     d = direct_vs_ta(df)
-    md = [f"# takd report: {', '.join(r.name for r in run_dirs)}",
+    md: list[str | pd.DataFrame] = [f"# takd report: {', '.join(r.name for r in run_dirs)}",
           f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from takd commit {git_revision()}.", ""]
     if "prompt_format" in df and df["prompt_format"].notna().any():
         formats = ", ".join(sorted(df["prompt_format"].dropna().unique()))
@@ -101,28 +101,27 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
                ""]
     if not s.empty:
         md += ["## Rouge-L (mean ± 95 % CI over sampling seeds)", "",
-               _md_table(s[["run", "dataset", "label", "stage", "model", "mean", "ci95", "seeds"]]), "",
+               s[["run", "dataset", "label", "stage", "model", "mean", "ci95", "seeds"]], "",
                f"![Rouge-L]({plot_rouge(s, out / 'rouge_l.png').name})", ""]
     if not d.empty:
-        md += ["## Student via TA vs direct (paired by seed)", "", _md_table(d), ""]
+        md += ["## Student via TA vs direct (paired by seed)", "", d, ""]
     rkl = df[df["metric"].isin(["rev_kl", "eos_rate", "response_len"])]
     if not rkl.empty:
         md += ["## Held-out reverse KL to the teacher (nats/token, the model's own samples; EOS share %, mean length)",
-               "", _md_table(rkl.pivot_table(index=["label", "stage"], columns="metric", values="value",
-                                             sort=False).reset_index()), ""]
+               "", rkl.pivot_table(index=["label", "stage"], columns="metric", values="value",
+                                   sort=False).reset_index(), ""]
     ta = ta_size_curve(df, out / "ta_size.png")
     if ta:
         md += ["## TA-size curve", "", f"![TA size]({ta.name})", ""]
     extra = df[df["metric"].isin(["ece", "accuracy"])]
     if not extra.empty:
         md += ["## Calibration (built-in classification items)", "",
-               _md_table(extra.pivot_table(index=["label", "stage"], columns="metric", values="value").reset_index()),
-               ""]
+               extra.pivot_table(index=["label", "stage"], columns="metric", values="value").reset_index(), ""]
     eb = df[(df["metric"] == "ex_acc_err")]
     if not eb.empty and "position" in eb:
         last = eb[eb["position"] == eb["position"].max()]
         md += ["## Exposure bias (ExAccErr at the last position, %)", "",
-               _md_table(last[["label", "stage", "position", "value"]]), ""]
+               last[["label", "stage", "position", "value"]], ""]
     curves = pd.concat([training_curves(r) for r in run_dirs], ignore_index=True)
     if not curves.empty:
         curves.to_csv(out / "curves.csv", index=False)
@@ -135,27 +134,31 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
             if png:
                 md += [f"![{title}]({png.name})", ""]
     report = out / "report.md"
-    report.write_text("\n".join(md))
-    _write_html(report)
+    report.write_text("\n".join(_md_table(x) if isinstance(x, pd.DataFrame) else x for x in md))
+    _write_html(md, report.with_suffix(".html"))
     return report
 
 
-def _write_html(md_file: Path) -> Path:
-    """A dependency-free HTML rendering (tables as preformatted text, images inline)."""
+def _write_html(blocks: list[str | pd.DataFrame], out: Path) -> Path:
+    """The report as one HTML page: tables rendered by pandas (real <table> elements), figures inline."""
     import html
 
     body = []
-    for line in md_file.read_text().splitlines():
-        if line.startswith("![") and "](" in line:
-            src = line.split("](")[1].rstrip(")")
+    for block in blocks:
+        if isinstance(block, pd.DataFrame):
+            body.append(block.to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}", na_rep="",
+                                      classes="results"))
+        elif block.startswith("![") and "](" in block:
+            src = block.split("](")[1].rstrip(")")
             body.append(f'<p><img src="{html.escape(src)}" style="max-width:100%"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("|"):
-            body.append(f"<pre>{html.escape(line)}</pre>")
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    out = md_file.with_suffix(".html")
-    out.write_text("<html><body style='font-family:sans-serif'>\n" + "\n".join(body) + "\n</body></html>\n")
+        elif block.startswith("#"):
+            level = len(block) - len(block.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(block.lstrip('# '))}</h{level}>")
+        elif block:
+            body.append(f"<p>{html.escape(block)}</p>")
+    style = ("body{font-family:sans-serif;max-width:70em;margin:auto} table.results{border-collapse:collapse;"
+             "margin:1em 0} table.results td,table.results th{padding:.2em .7em;border-bottom:1px solid #ccc;"
+             "text-align:right}")
+    out.write_text(f"<html><head><meta charset='utf-8'><style>{style}</style></head><body>\n" + "\n".join(body)
+                   + "\n</body></html>\n")
     return out
