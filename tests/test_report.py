@@ -79,3 +79,10 @@ def test_paired_notebook_files_are_in_sync():
     py = jupytext.read(REPO / "analysis" / "direct_vs_ta.py")
     ipynb = nbformat.read(REPO / "analysis" / "direct_vs_ta.ipynb", as_version=4)
     assert [c.source for c in py.cells] == [c.source for c in ipynb.cells]
+
+
+def test_per_round_values_are_plotted_once_per_round():
+    from takd.report.build import new_values
+
+    logged = pd.DataFrame({"step": [4, 1, 2, 3, 5], "value": [2.5, 3.0, 3.0, 2.5, 2.5]})  # rounds at steps 1 and 3
+    assert new_values(logged)["step"].tolist() == [1, 3]

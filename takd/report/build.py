@@ -51,12 +51,20 @@ def plot_rouge(s: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def new_values(points: pd.DataFrame) -> pd.DataFrame:
+    """A stage's points without re-logged repeats: a per-round statistic (rollout reverse KL, response length) is
+    logged at every step of its round, and plotted once, at the round's first step."""
+    points = points.sort_values("step")
+    return points[points["value"].ne(points["value"].shift())]
+
+
 def plot_curves(curves: pd.DataFrame, metric: str, kind: str, path: Path, title: str) -> Path | None:
     sel = curves[(curves["metric"] == metric) & (curves["kind"] == kind)]
     if sel.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for stage, grp in sel.groupby("stage"):
+        grp = new_values(grp)
         ax.plot(grp["step"], grp["value"], marker=".", label=stage)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(metric)
@@ -127,8 +135,9 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
         curves.to_csv(out / "curves.csv", index=False)
         md += ["## Training curves", ""]
         for metric, kind, title in [("loss", "train", "training loss"), ("rev_kl", "train", "reverse KL to teacher "
-                                    "(pure-student samples, per rollout round)"),
+                                    "(pure-student samples, once per rollout round)"),
                                     ("response_len", "train", "rollout response length"),
+                                    ("val_rev_kl", "eval", "held-out reverse KL to the teacher at each validation"),
                                     ("val_rouge_l", "eval", "validation Rouge-L")]:
             png = plot_curves(curves, metric, kind, out / f"curve_{metric}.png", title)
             if png:
