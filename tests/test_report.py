@@ -86,3 +86,20 @@ def test_per_round_values_are_plotted_once_per_round():
 
     logged = pd.DataFrame({"step": [4, 1, 2, 3, 5], "value": [2.5, 3.0, 3.0, 2.5, 2.5]})  # rounds at steps 1 and 3
     assert new_values(logged)["step"].tolist() == [1, 3]
+
+
+def test_every_student_method_is_compared_with_init_and_direct_paired_by_seed():
+    from takd.report.collect import method_comparison, verdict
+
+    values = {"init": [20.0, 22.0, 21.0], "direct": [30.0, 31.0, 32.0], "baseline-kd": [20.5, 21.0, 22.5],
+              "teacher": [50.0, 50.0, 50.0]}
+    df = pd.DataFrame([{"run": "r", "dataset": "d", "label": label, "seed": seed, "metric": "rouge_l", "value": v}
+                       for label, vs in values.items() for seed, v in zip((10, 20, 30), vs, strict=True)])
+    c = method_comparison(df).set_index(["student", "against"])
+    assert sorted(c.index) == [("baseline-kd", "direct"), ("baseline-kd", "init"), ("direct", "init")]
+    # direct − init per seed: 10, 9, 11 -> mean 10, sd 1, t(0.975, 2) = 4.303 -> ± 4.303/√3 = 2.484
+    row = c.loc[("direct", "init")]
+    assert row["delta"] == pytest.approx(10.0) and row["ci95"] == pytest.approx(4.303 / 3**0.5, abs=1e-3)
+    assert row["verdict"] == "better" and c.loc[("baseline-kd", "direct")]["verdict"] == "worse"
+    assert c.loc[("baseline-kd", "init")]["verdict"] == "within noise"  # +0.5, −1.0, +1.5: the interval spans 0
+    assert verdict(3.0, float("nan"), 1) == "one seed: no interval"

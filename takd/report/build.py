@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from takd.paths import git_revision  # noqa: E402
-from takd.report.collect import collect, direct_vs_ta, summary  # noqa: E402
+from takd.report.collect import collect, direct_vs_ta, method_comparison, summary  # noqa: E402
 from takd.train.metrics_log import read_metrics  # noqa: E402
 
 
@@ -113,6 +113,10 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
                f"![Rouge-L]({plot_rouge(s, out / 'rouge_l.png').name})", ""]
     if not d.empty:
         md += ["## Student via TA vs direct (paired by seed)", "", d, ""]
+    c = method_comparison(df)
+    if not c.empty:
+        md += ["## Every student method against its SFT init and against MiniLLM direct (Rouge-L, paired by seed; "
+               "verdict: the 95 % interval of the difference excludes 0 or not)", "", c, ""]
     rkl = df[df["metric"].isin(["rev_kl", "eos_rate", "response_len"])]
     if not rkl.empty:
         md += ["## Held-out reverse KL to the teacher (nats/token, the model's own samples; EOS share %, mean length)",

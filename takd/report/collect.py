@@ -45,6 +45,25 @@ def summary(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
     return out.sort_values(["run", "dataset", "order"]).drop(columns="order").reset_index(drop=True)
 
 
+STUDENT_METHODS = ["via-ta", "direct", "baseline-sft", "baseline-kd", "baseline-seqkd"]
+
+
+def paired_delta(wide: pd.DataFrame, a: str, b: str) -> tuple[float, float, int]:
+    """Mean and 95 % half-width of a − b over the seeds both were evaluated with (seed-indexed columns a, b)."""
+    diff = (wide[a] - wide[b]).dropna().tolist()
+    mean, ci = mean_ci95(diff)
+    return mean, ci, len(diff)
+
+
+def verdict(delta: float, ci95: float, seeds: int) -> str:
+    """A plain reading of a paired difference: outside its 95 % interval or not."""
+    if seeds < 2 or ci95 != ci95:  # one seed: no interval to judge by
+        return "one seed: no interval"
+    if delta - ci95 > 0:
+        return "better"
+    return "worse" if delta + ci95 < 0 else "within noise"
+
+
 def direct_vs_ta(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
     """Per dataset: student via TA − direct, paired by seed, with its 95 % interval."""
     rows = []
@@ -52,10 +71,26 @@ def direct_vs_ta(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
     for (run, ds), grp in sel.groupby(["run", "dataset"]):
         wide = grp.pivot_table(index="seed", columns="label", values="value")
         if {"via-ta", "direct"} <= set(wide.columns):
-            diff = (wide["via-ta"] - wide["direct"]).dropna().tolist()
-            mean, ci = mean_ci95(diff)
+            mean, ci, n = paired_delta(wide, "via-ta", "direct")
             rows.append({"run": run, "dataset": ds, "via_ta": wide["via-ta"].mean(), "direct": wide["direct"].mean(),
-                         "delta": mean, "ci95": ci, "seeds": len(diff)})
+                         "delta": mean, "ci95": ci, "seeds": n})
+    return pd.DataFrame(rows)
+
+
+def method_comparison(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
+    """The paper's comparison for the student: every student method (MiniLLM via TA and direct, the SFT/KD/SeqKD
+    baselines) against its SFT init and against MiniLLM direct, paired by sampling seed, with the 95 % interval of
+    the difference and a plain verdict (better / worse / within noise)."""
+    rows = []
+    sel = df[(df["metric"] == metric) & df["label"].isin(["init", *STUDENT_METHODS])]
+    for (run, ds), grp in sel.groupby(["run", "dataset"], sort=False):
+        wide = grp.pivot_table(index="seed", columns="label", values="value")
+        for student in [m for m in STUDENT_METHODS if m in wide.columns]:
+            for against in [r for r in ("init", "direct") if r in wide.columns and r != student]:
+                mean, ci, n = paired_delta(wide, student, against)
+                rows.append({"run": run, "dataset": ds, "student": student, "against": against,
+                             "student_mean": wide[student].mean(), "against_mean": wide[against].mean(),
+                             "delta": mean, "ci95": ci, "seeds": n, "verdict": verdict(mean, ci, n)})
     return pd.DataFrame(rows)
 
 
