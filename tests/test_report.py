@@ -103,3 +103,26 @@ def test_every_student_method_is_compared_with_init_and_direct_paired_by_seed():
     assert row["verdict"] == "better" and c.loc[("baseline-kd", "direct")]["verdict"] == "worse"
     assert c.loc[("baseline-kd", "init")]["verdict"] == "within noise"  # +0.5, −1.0, +1.5: the interval spans 0
     assert verdict(3.0, float("nan"), 1) == "one seed: no interval"
+
+
+def test_rouge_l_per_task_and_reference_length_bucket_from_the_generations(tmp_path):
+    from takd.data.rows import write_jsonl
+    from takd.report.collect import by_item_group, item_scores
+
+    ev = tmp_path / "run" / "stages" / "eval-m"
+    ev.mkdir(parents=True)
+    pd.DataFrame([{"model": "m", "stage": "m", "label": "direct", "dataset": "builtin", "seed": 10,
+                   "metric": "rouge_l", "value": 0.0}]).to_csv(ev / "results.csv", index=False)
+    long = "one two three four five six seven eight nine ten eleven twelve"
+    write_jsonl(ev / "builtin.gen.jsonl", [
+        {"seed": 10, "prompt_row": {"instruction": "a", "output": "red fox", "task": "colour"},
+         "generation": "red fox"},
+        {"seed": 10, "prompt_row": {"instruction": "b", "output": ["blue", "green sky"], "task": "colour"},
+         "generation": "wrong"},
+        {"seed": 10, "prompt_row": {"instruction": "c", "output": long, "task": "reverse"}, "generation": long}])
+    items = item_scores([tmp_path / "run"])
+    assert items["bucket"].tolist() == ["[0,5]", "[0,5]", "[11,∞)"]  # a list of references: the longest's length
+    tasks = by_item_group(items, "task").iloc[0]
+    assert tasks["colour"] == pytest.approx(50.0) and tasks["reverse"] == pytest.approx(100.0)  # rouge ×100
+    buckets = by_item_group(items, "bucket")
+    assert list(buckets.columns)[-2:] == ["[0,5]", "[11,∞)"] and buckets.iloc[0]["[0,5]"] == pytest.approx(50.0)

@@ -18,7 +18,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from takd.paths import git_revision  # noqa: E402
-from takd.report.collect import collect, direct_vs_ta, method_comparison, summary  # noqa: E402
+from takd.report.collect import (  # noqa: E402
+    by_item_group,
+    collect,
+    direct_vs_ta,
+    item_scores,
+    method_comparison,
+    summary,
+)
 from takd.train.metrics_log import read_metrics  # noqa: E402
 
 
@@ -117,6 +124,10 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     if not c.empty:
         md += ["## Every student method against its SFT init and against MiniLLM direct (Rouge-L, paired by seed; "
                "verdict: the 95 % interval of the difference excludes 0 or not)", "", c, ""]
+    items = item_scores(run_dirs)
+    if not items.empty:
+        md += ["## Rouge-L per task (mean over items and seeds)", "", by_item_group(items, "task"), "",
+               "## Rouge-L by reference length in words (the paper's buckets)", "", by_item_group(items, "bucket"), ""]
     rkl = df[df["metric"].isin(["rev_kl", "eos_rate", "response_len"])]
     if not rkl.empty:
         md += ["## Held-out reverse KL to the teacher (nats/token, the model's own samples; EOS share %, mean length)",

@@ -94,6 +94,51 @@ def method_comparison(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+LENGTH_BUCKETS = ((0, 5, "[0,5]"), (6, 10, "[6,10]"), (11, 10**9, "[11,∞)"))
+
+
+def length_bucket(reference: str) -> str:
+    """The paper's buckets of the reference answer's length, in words (the longest reference when there are several)."""
+    n = len(reference.split())
+    return next(name for lo, hi, name in LENGTH_BUCKETS if lo <= n <= hi)
+
+
+def item_scores(run_dirs: list[str | Path]) -> pd.DataFrame:
+    """One row per generated answer, from each evaluation's `<dataset>.gen.jsonl`: run, label, stage, dataset,
+    seed, task (the row's `task`, else "all"), reference-length bucket and its Rouge-L."""
+    from takd.data.rows import read_jsonl, references
+    from takd.evaluate.metrics import rouge_l
+
+    rows = []
+    for run in map(Path, run_dirs):
+        for results in sorted((run / "stages").glob("eval-*/results.csv")):
+            meta = pd.read_csv(results, nrows=1).iloc[0]
+            for gen_file in sorted(results.parent.glob("*.gen.jsonl")):
+                for g in read_jsonl(gen_file):
+                    refs = references(g["prompt_row"])
+                    rows.append({"run": run.name, "label": meta.get("label", ""), "stage": meta.get("stage", ""),
+                                 "dataset": gen_file.name.removesuffix(".gen.jsonl"), "seed": g["seed"],
+                                 "task": g["prompt_row"].get("task", "all"),
+                                 "bucket": length_bucket(max(refs, key=lambda r: len(r.split()))),
+                                 "rouge_l": rouge_l(g["generation"], refs)})
+    return pd.DataFrame(rows)
+
+
+def by_item_group(items: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean Rouge-L per (run, dataset, label) and value of `column` (task or bucket): rows = models, columns = groups;
+    a group every model scores 0 on shows as a column of zeros."""
+    if items.empty:
+        return items
+    order = {k: i for i, k in enumerate(LABEL_ORDER)}
+    table = items.pivot_table(index=["run", "dataset", "label", "stage"], columns=column, values="rouge_l",
+                              aggfunc="mean").reset_index()
+    table.columns.name = None
+    if column == "bucket":  # the paper's order, not the alphabet's
+        keep = [c for c in table.columns if c not in {name for *_, name in LENGTH_BUCKETS}]
+        table = table[keep + [name for *_, name in LENGTH_BUCKETS if name in table.columns]]
+    return table.sort_values(["run", "dataset", "label"], key=lambda c: c.map(order) if c.name == "label" else c)
+
+
 def print_summary(run_dir: str | Path) -> None:
     df = collect([run_dir])
     if df.empty:
