@@ -6,6 +6,8 @@ underflowed probabilities give exact zeros in p·log p terms rather than NaN. Th
 gradients reach the student only.
 
 Reduction everywhere: token mean over valid positions, Σ mask·d / Σ mask (an all-masked batch gives 0).
+Sources: forward/reverse KL and the KD mix follow MiniLLM's `get_distil_loss` (reference §5); TVD, JSD and the
+skew KLs follow DistiLLM's definitions, parameterised so `lam`/`beta` read as below.
 
 Memory: every [..., V] float32 intermediate (the upcast, log-softmaxes, probabilities, products) exists for one
 chunk of positions at a time (`chunked`, `CHUNK_ELEMENTS` per [chunk × V] tensor); the backward pass recomputes one

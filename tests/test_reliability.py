@@ -78,6 +78,7 @@ PLAN_CASES = {  # name: (extra argv, files to create {name: content}, expected t
     "batch not a multiple of the micro-batch": (["--set", "batch_size=30", "--set", "micro_batch_size=16"], {},
                                                 "batch_size=30 must be a multiple of micro_batch_size=16"),
     "override without a value": (["--set", "nonsense"], {}, "expected key=value"),
+    "unknown prompt format": (["--set", "prompt_format=html"], {}, "prompt_format: expected one of 'alpaca' | 'chat'"),
     "override no stage has": (["--method", "kd", "--set", "minillm.gamma=1"], {}, "no stage of this plan has"),
     "teacher path that does not exist": (["--teacher-path", "/nonexistent/teacher"], {}, "no such directory"),
     "cluster name with a path": (["--cluster", "../clusters/narval"], {}, "unknown cluster"),

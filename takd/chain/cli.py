@@ -159,11 +159,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        run_dir, stages, meta = prepare_run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_dir, stages, meta = prepare_run(args)
     if args.show_sbatch:
         from takd.chain.launch import sbatch_script
 

@@ -85,12 +85,16 @@ def validate_chain(chain: list[str]) -> list[registry.ModelSpec]:
     return specs
 
 
+def stage_models(st: PlannedStage) -> list[str]:
+    """The models a stage runs: its own, and a training stage's teacher."""
+    return [st.model] + ([st.teacher_model] if st.kind == "train" and st.teacher_model else [])
+
+
 def check_positions(stages: list[PlannedStage]) -> None:
     """Prompt + response tokens must fit every model a stage runs: one line naming the stage and the limit."""
     for st in stages:
         cfg = st.config
-        models = [st.model] + ([st.teacher_model] if st.kind == "train" and st.teacher_model else [])
-        for m in models:
+        for m in stage_models(st):
             limit = registry.max_positions(m)
             need = cfg.max_prompt_tokens + cfg.max_new_tokens
             if limit is not None and need > limit:
@@ -103,10 +107,8 @@ def check_prompt_formats(stages: list[PlannedStage]) -> None:
     this machine (the stage checks again when it loads one)."""
     from takd.models.vocabulary import has_chat_template
 
-    for st in stages:
-        fmt = st.config.prompt_format
-        models = [st.model] + ([st.teacher_model] if st.kind == "train" and st.teacher_model else [])
-        for m in models if fmt == "chat" else []:
+    for st in [x for x in stages if x.config.prompt_format == "chat"]:
+        for m in stage_models(st):
             files = registry.tokenizer_files(registry.resolve(m))
             if files is not None and not has_chat_template(files):
                 raise ConfigError(f"stage {st.name}: prompt_format chat, but the tokenizer of {m} has no chat "

@@ -5,7 +5,6 @@ or an evaluation stage of a planned run as it is: `python -m takd.evaluate --con
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from takd import config as cfglib
@@ -31,11 +30,7 @@ def load_job(args: argparse.Namespace) -> EvalJob:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        job = load_job(args)
-    except cfglib.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    job = load_job(args)
     from takd.evaluate.run import run_evaluation, write_results
     from takd.models.loading import quiet_transformers
 

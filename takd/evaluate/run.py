@@ -50,10 +50,9 @@ def run_evaluation(job: EvalJob) -> pd.DataFrame:
     meta = {"model": job.model, "prompt_format": job.prompt_format, **job.meta}
     out = Path(job.output_dir)
     frames = []
+    prompts = {}
     for ds in job.datasets:
-        ex = encode_rows(load_rows(ds, job.split), tok, job.max_prompt_tokens, job.max_new_tokens,
-                         with_response=False, prompt_format=job.prompt_format)
-        ex = ex[: job.max_prompts] if job.max_prompts else ex
+        ex = prompts[ds] = _prompts(job, tok, ds)
         if not ex:
             raise ConfigError(f"dataset {ds} split {job.split}: no prompt fits max_prompt_tokens="
                               f"{job.max_prompt_tokens}")
@@ -71,7 +70,7 @@ def run_evaluation(job: EvalJob) -> pd.DataFrame:
     if job.exposure_bias and job.teacher:
         frames.append(_exposure_rows(model, tok, job, meta))
     if job.reverse_kl:
-        frames.append(_reverse_kl_rows(model, tok, job, meta))
+        frames.append(_reverse_kl_rows(model, tok, job, meta, prompts[job.datasets[0]]))
     if job.calibration:
         frames.append(_calibration_rows(model, tok, job.calibration, meta, job.prompt_format))
     df = pd.concat(frames, ignore_index=True)
@@ -134,16 +133,20 @@ def _exposure_rows(model, tok, job: EvalJob, meta: dict) -> pd.DataFrame:
                           "metric": "ex_acc_err", "value": v} for pos, v in enumerate(res["ex_acc_err"])])
 
 
-def _reverse_kl_rows(model, tok, job: EvalJob, meta: dict) -> pd.DataFrame:
+def _prompts(job: EvalJob, tok, ds: str) -> list[Example]:
+    """`ds`'s prompts the evaluation uses: encoded in the job's format, the first `max_prompts` (0: all)."""
+    ex = encode_rows(load_rows(ds, job.split), tok, job.max_prompt_tokens, job.max_new_tokens, with_response=False,
+                     prompt_format=job.prompt_format)
+    return ex[: job.max_prompts] if job.max_prompts else ex
+
+
+def _reverse_kl_rows(model, tok, job: EvalJob, meta: dict, ex: list[Example]) -> pd.DataFrame:
     """KL(q‖p) per response token of the model q to its teacher p on q's own samples (`rev_kl`, with a teacher),
     the share of those answers that end with EOS (`eos_rate`, %) and their mean length (`response_len`)."""
     from takd.data.examples import collate_prompts
     from takd.models.loading import load_model
     from takd.sampling import decoding, stream_keys, student_reverse_kl_sums
 
-    ex = encode_rows(load_rows(job.datasets[0], job.split), tok, job.max_prompt_tokens, job.max_new_tokens,
-                     with_response=False, prompt_format=job.prompt_format)
-    ex = ex[: job.max_prompts] if job.max_prompts else ex
     teacher = load_model(job.teacher) if job.teacher else None
     totals = {"rkl": 0.0, "tokens": 0.0, "rows": 0.0, "ended": 0.0}
     with decoding(*[m for m in (model, teacher) if m is not None]):

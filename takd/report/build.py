@@ -108,8 +108,8 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     df.to_csv(out / "results.csv", index=False)
     s = summary(df)
     d = direct_vs_ta(df)
-    md: list[str | pd.DataFrame] = [f"# takd report: {', '.join(r.name for r in run_dirs)}",
-          f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from takd commit {git_revision()}.", ""]
+    generated = f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from takd commit {git_revision()}."
+    md: list[str | pd.DataFrame] = [f"# takd report: {', '.join(r.name for r in run_dirs)}", generated, ""]
     if "prompt_format" in df and df["prompt_format"].notna().any():
         formats = ", ".join(sorted(df["prompt_format"].dropna().unique()))
         md += [f"Prompt format: {formats} (alpaca: the reference's template; chat: each tokenizer's chat template).",
