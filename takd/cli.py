@@ -6,6 +6,7 @@
     takd prepare   download models and datasets on a login node          = python -m takd.prepare
     takd status    one row per stage of a run                            = python -m takd.status
     takd report    the Markdown/HTML report of one or more runs          = python -m takd.report
+    takd replicate evaluate the MiniLLM authors' released checkpoints    = python -m takd.replicate
 
 `takd <command> --help` explains each. Nothing heavy is imported until a command runs work.
 """
@@ -16,7 +17,8 @@ import importlib
 import sys
 
 COMMANDS = {"plan": "takd.chain.cli", "train": "takd.train.cli", "evaluate": "takd.evaluate.cli",
-            "prepare": "takd.chain.prepare", "status": "takd.chain.status", "report": "takd.report.cli"}
+            "prepare": "takd.chain.prepare", "status": "takd.chain.status", "report": "takd.report.cli",
+            "replicate": "takd.chain.replicate"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,10 +25,10 @@ LAYERS = [
     ("takd.train",),
     ("takd.report",),
     ("takd.chain",),
-    ("takd.cli", "takd.__main__", "takd.plan", "takd.status", "takd.prepare"),
+    ("takd.cli", "takd.__main__", "takd.plan", "takd.status", "takd.prepare", "takd.replicate"),
 ]
 CLIS = ["takd.cli", "takd.chain.cli", "takd.train.cli", "takd.evaluate.cli", "takd.chain.prepare",
-        "takd.chain.status", "takd.report.cli"]
+        "takd.chain.status", "takd.report.cli", "takd.chain.replicate"]
 
 
 def _modules() -> dict[str, Path]:

@@ -41,6 +41,7 @@ def narval_plan(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TAKD_HOME", "/takd-home")
     monkeypatch.delenv("HF_HOME", raising=False)
     monkeypatch.setattr("takd.chain.cli.check_offline", lambda *a: None)  # no weights on this machine
+    monkeypatch.setattr("takd.chain.cli.check_corpora", lambda *a: None)  # nor the OPT pretraining corpus
     monkeypatch.setattr("takd.chain.launch.launch", lambda *a, **k: 0)
     run = tmp_path / "run"
     assert plan_main(["--chain", OPT, "--cluster", "narval", "--account", "def-lab", "--run-dir", str(run),

@@ -114,10 +114,10 @@ def test_epoch_sampler_resumes_exactly():
 
 def test_pack_corpus_chunks_stream(tokenizer, tmp_path):
     docs = builtin_task.pretraining_corpus(n_docs=50)
-    f = corpus.pack_corpus(docs, tokenizer, 64, tmp_path / "pt")
-    packed = corpus.PackedCorpus(tmp_path / "pt")
+    corpus.pack_corpus(docs, tokenizer, 64, tmp_path / "pt")
+    packed = corpus.PretrainingCorpus(tmp_path / "pt")
     n_tokens = sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1 for d in docs)
-    assert len(packed) == n_tokens // 64 and f.stat().st_size == len(packed) * 64 * 2  # uint16
+    assert len(packed) == n_tokens // 64 and (tmp_path / "pt" / "train_0.bin").stat().st_size == len(packed) * 64 * 2
     b = packed.batch([0, 1])
     assert b["input_ids"].shape == (2, 63) and torch.equal(b["input_ids"][:, 1:], b["labels"][:, :-1])
 

@@ -213,7 +213,8 @@ def test_bad_train_config_is_one_line(case, tmp_path):
 DATA_CASES = {  # dataset file content -> expected error, at the stage's start
     "malformed JSONL": ('{"instruction": "a", "output": "b"}\n{not json\n', "line 2 is not JSON"),
     "empty dataset": ("\n", "no rows (an empty dataset)"),
-    "rows without output": ('{"instruction": "a"}\n', "row 1 needs `instruction` (text) and `output`"),
+    "rows without output": ('{"instruction": "a"}\n',
+                            "row 1 needs `instruction` (text; or the full `prompt`) and `output`"),
     "not UTF-8": (b"\xff\xfe\x00", "not a UTF-8 text file"),
 }
 

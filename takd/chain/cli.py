@@ -5,8 +5,9 @@
     python -m takd.plan --chain tiny-l,tiny-m,tiny-s --executor local --submit   # the embedded default, on a CPU
 
 The chain T → A … → S becomes a DAG of stages:
-  sft-T                 teacher SFT (or `--teacher-path` to start from an already fine-tuned teacher)
-  init-X                SFT init of every assistant and of the student (lowest validation loss kept)
+  sft-T                 teacher SFT (or `--teacher-path` / a released teacher: start from an already fine-tuned one)
+  init-X                SFT init of every assistant and of the student (lowest validation loss kept; none for a
+                        released init: `--released`, or a chain naming paper-init-<model>)
   <method>-T-to-A, …    distillation along the chain; each stage's teacher is the previous stage's final HF dir
   <method>-T-to-S       the direct baseline (on by default; --no-direct to skip)
   baseline-<m>-S        optional baselines (--baselines sft,kd,seqkd), from the student's base model
@@ -37,12 +38,14 @@ from takd.chain.plan import (
     METHODS,
     PlannedStage,
     build_plan,
+    check_corpora,
     check_offline,
     check_positions,
     check_prompt_formats,
     check_teacher_path,
     plan_table,
     read_plan,
+    substitute_released,
     validate_chain,
     write_plan,
 )
@@ -64,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-eval", action="store_true", help="plan no evaluation stages (train only)")
     ap.add_argument("--baselines", default="", help="comma list of extra student baselines: sft,kd,seqkd")
     ap.add_argument("--teacher-path", default=None, help="an already fine-tuned teacher (HF dir): skips teacher SFT")
+    ap.add_argument("--released", action="store_true", help="start from the MiniLLM authors' released checkpoints "
+                    "where they published one: their teacher instead of teacher SFT, their inits instead of init SFT "
+                    "(a chain may also name them: paper-teacher-gpt2-1.5b,paper-init-gpt2-120m)")
     ap.add_argument("--profile", default=None, help="chain profile: a YAML path or a packaged name (tiny, default, "
                     "smollm2-cpu); default: tiny for tiny models, else default")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -109,6 +115,10 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     if not args.chain:
         raise ConfigError("give --chain teacher,...,student (or --resume RUN_DIR)")
     chain = [m.strip() for m in args.chain.split(",") if m.strip()]
+    if args.released:
+        chain, notes = substitute_released(chain)
+        for note in notes or ["no released checkpoint matches this chain's models"]:
+            print(f"note: --released: {note}", file=sys.stderr)
     tas = [t.strip() for t in args.ta.split("|")] if args.ta else None
     if tas and len(chain) != 2:
         raise ConfigError("--ta expects --chain teacher,student (the TA comes from --ta)")
@@ -147,6 +157,12 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     stages = build_plan(chain, run_dir=run_dir.resolve(), profile=profile, method=args.method,
                         direct=not args.no_direct, baselines=baselines, teacher_path=args.teacher_path, tas=tas,
                         overrides=args.overrides, evaluate=not args.no_eval)
+    try:
+        check_corpora(stages)
+    except ConfigError as err:
+        if args.submit:
+            raise
+        print(f"warning: {err}", file=sys.stderr)
     check_positions(stages)
     check_prompt_formats(stages)
     assign_resources(stages, cluster)

@@ -150,8 +150,12 @@ PLAN_KEYS = ("name", "method", "student", "teacher", "dataset", "output_dir")  #
 
 
 def slug(model: str) -> str:
-    """A model's part of a stage name: a registry name as it is, a hub id's org--name, a directory's name; only
-    letters, digits, '.', '_' and '-' (stage names name directories and Slurm jobs)."""
+    """A model's part of a stage name: a registry name as it is (a released checkpoint: the model it fine-tunes), a
+    hub id's org--name, a directory's name; only letters, digits, '.', '_' and '-' (stage names name directories and
+    Slurm jobs)."""
+    base = registry.registry().get(model)
+    if base is not None and base.base:
+        model = base.base
     name = Path(model).name if Path(model).is_dir() else model.replace("/", "--")
     return re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("-._") or "model"
 
@@ -193,6 +197,8 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
     sets = _Overrides(overrides or [])
     stages: dict[str, PlannedStage] = {}
     init_teacher: dict[str, str] = {}  # init stage -> the chain's teacher (stage or --teacher-path)
+    given: dict[str, tuple[str, str]] = {}  # models evaluated but not trained here -> (label, eval stage)
+    chain_teacher: dict[str, str] = {}  # student -> the chain's teacher (stage or model)
 
     def train(role, meth, name, model, student_init, teacher_stage_or_path, deps, label):
         if name in stages:
@@ -211,50 +217,121 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
         stages[name] = PlannedStage(name, role, model, deps, cfg, label, teacher_model=teacher_model, pinned=pins)
 
     for ch in chains:
-        validate_chain(ch)
-        t = ch[0]
-        teacher_stage = teacher_path or f"sft-{slug(t)}"
-        if not teacher_path:
+        specs = validate_chain(ch)
+        t, s = ch[0], ch[-1]
+        # a released checkpoint (the authors') is used as it is: no SFT stage for a released teacher or init
+        ready_teacher = teacher_path or (t if specs[0].role else None)
+        teacher_stage = ready_teacher or f"sft-{slug(t)}"
+        if not ready_teacher:
             train("sft", "sft", f"sft-{slug(t)}", t, t, None, [], "teacher")
-        for m in ch[1:]:
-            train("init", "sft", f"init-{slug(m)}", m, m, None, [], "init")
-            init_teacher.setdefault(f"init-{slug(m)}", teacher_stage)  # what its evaluation compares it with
+        for m, spec in zip(ch[1:], specs[1:], strict=True):
+            if not spec.role:
+                train("init", "sft", f"init-{slug(m)}", m, m, None, [], "init")
+            init_teacher.setdefault(_init_of(m, spec), teacher_stage)  # what its evaluation compares it with
         prev = teacher_stage
-        for i, m in enumerate(ch[1:], start=1):
-            deps = [d for d in (prev, f"init-{slug(m)}") if d in stages]
+        for i, (m, spec) in enumerate(zip(ch[1:], specs[1:], strict=True), start=1):
+            if spec.role not in ("", "init"):  # a released finished model as an assistant: it teaches as it is
+                if i == len(ch) - 1:
+                    raise ConfigError(f"{m} is already a finished {spec.role} model; as the student give its init "
+                                      f"({_release_hint(spec.base, 'init')}) or {spec.base}")
+                prev = m
+                given[m] = ("ta", f"eval-ta-{slug(m)}")
+                continue
+            init = _init_of(m, spec)
             label = "ta" if i < len(ch) - 1 else ("via-ta" if len(ch) > 2 else "direct")
             name = f"{method}-{slug(ch[i - 1])}-to-{slug(m)}"
-            train("distill", method, name, m, f"init-{slug(m)}", prev, deps, label)
+            train("distill", method, name, m, init, prev, [d for d in (prev, init) if d in stages], label)
             prev = name
-        s = ch[-1]
+        s_init = _init_of(s, specs[-1])
+        if specs[-1].role == "init":
+            given[s] = ("init", f"eval-init-{slug(s)}")
         if direct and len(ch) > 2:
-            train("distill", method, f"{method}-{slug(t)}-to-{slug(s)}", s, f"init-{slug(s)}", teacher_stage,
-                  [d for d in (teacher_stage, f"init-{slug(s)}") if d in stages], "direct")
-        for b in baselines:
+            train("distill", method, f"{method}-{slug(t)}-to-{slug(s)}", s, s_init, teacher_stage,
+                  [d for d in (teacher_stage, s_init) if d in stages], "direct")
+        for b in baselines:  # from the student's base model, as the paper's baselines are
             deps = [teacher_stage] if b != "sft" and teacher_stage in stages else []
-            train("baseline", b, f"baseline-{b}-{slug(s)}", s, s, None if b == "sft" else teacher_stage, deps,
+            base = specs[-1].base or s
+            train("baseline", b, f"baseline-{b}-{slug(s)}", base, base, None if b == "sft" else teacher_stage, deps,
                   f"baseline-{b}")
+        if ready_teacher:
+            given[ready_teacher] = ("teacher", "eval-teacher")
+        chain_teacher[s] = teacher_stage
     sets.check_all_used()
+    for stage in stages.values():
+        if stage.kind == "train" and stage.config.method == "minillm" and stage.config.minillm.pt_loss != "none":
+            stage.config.pt_dataset = _corpus_or_auto(stage.config.pt_dataset, stage.model)
     students = {ch[-1] for ch in chains}
     for st in [x for x in stages.values() if evaluate]:
         if st.role != "init" or st.model in students:  # the student's SFT init shows what distillation adds
             ev = _eval_stage(st, profile.eval, run_dir, init_teacher.get(st.name), stages)
             stages[ev.name] = ev
-    if evaluate and teacher_path:  # a given teacher is evaluated like a trained one: the report's teacher row
-        trained = next(x for x in stages.values() if x.kind == "train")  # one prompt format per chain (profile's)
-        ev = _given_teacher_eval(teacher_path, profile.eval, run_dir, trained.config.prompt_format)
-        stages[ev.name] = ev
+    trained = next((x for x in stages.values() if x.kind == "train"), None)
+    fmt = trained.config.prompt_format if trained else profile.eval.prompt_format  # one format per chain
+    for model, (label, name) in given.items() if evaluate else ():
+        teacher = chain_teacher.get(model) if label == "init" else None
+        stages[name] = _given_eval(model, name, label, profile.eval, run_dir, fmt, teacher, stages)
     return list(stages.values())
 
 
-def _given_teacher_eval(teacher_path: str, settings: EvalSettings, run_dir: Path, prompt_format: str
-                        ) -> PlannedStage:
-    name = "eval-teacher"
-    job = EvalJob(**{**asdict(settings), "exposure_bias": False, "prompt_format": prompt_format}, model=teacher_path,
-                  output_dir=str(stage_dir(run_dir, name)),
-                  meta={"stage": "teacher", "model": teacher_path, "method": "given", "label": "teacher",
-                        "teacher": ""})
-    return PlannedStage(name, "eval", teacher_path, [], job, "teacher")
+def _init_of(model: str, spec: registry.ModelSpec) -> str:
+    """A chain member's starting point: a released init as it is, else its SFT init stage."""
+    return model if spec.role == "init" else f"init-{slug(model)}"
+
+
+def _release_hint(base: str, role: str) -> str:
+    rel = registry.released_for(base, role)
+    return rel.name if rel else f"no released {role} of {base}"
+
+
+def _corpus_or_auto(value: str | None, student: str) -> str:
+    """The PT corpus resolved now when it is on this machine (stage.yaml then names it); else left `auto`, which
+    `check_corpora` reports and the stage resolves again when it starts."""
+    from takd.models.corpora import AUTO, resolve_corpus
+
+    try:
+        return resolve_corpus(value, student)
+    except ConfigError:
+        return value or AUTO
+
+
+def check_corpora(stages: list[PlannedStage]) -> None:
+    """Every MiniLLM stage with a PT loss has its corpus: one line naming the stage and the prepare command."""
+    from takd.models.corpora import corpus_problem
+
+    for st in stages:
+        cfg = st.config
+        if st.kind == "train" and cfg.method == "minillm" and cfg.minillm.pt_loss != "none":
+            problem = corpus_problem(cfg.pt_dataset, st.model)
+            if problem:
+                raise ConfigError(f"stage {st.name}: {problem}")
+
+
+def substitute_released(chain: list[str]) -> tuple[list[str], list[str]]:
+    """`--released`: the authors' released teacher for the chain's teacher and released inits for the others, where
+    they published one; with a note per substitution."""
+    out, notes = [], []
+    for i, m in enumerate(chain):
+        rel = registry.released_for(m, "teacher" if i == 0 else "init")
+        out.append(rel.name if rel else m)
+        if rel:
+            notes.append(f"{m}: the authors' {rel.hf_id} ({rel.role}) instead of "
+                         f"{'the teacher SFT stage' if i == 0 else 'an init SFT stage'}")
+    return out, notes
+
+
+def _given_eval(model: str, name: str, label: str, settings: EvalSettings, run_dir: Path, prompt_format: str,
+                teacher_stage: str | None, stages: dict[str, PlannedStage]) -> PlannedStage:
+    """The evaluation of a model the plan does not train (a given or released teacher, a released init or TA)."""
+    teacher = deps = None
+    if teacher_stage:
+        teacher = str(final_dir(run_dir, teacher_stage)) if teacher_stage in stages else teacher_stage
+        deps = [teacher_stage] if teacher_stage in stages else None
+    method = registry.resolve(model).role if not Path(model).is_dir() else "given"
+    job = EvalJob(**{**asdict(settings), "exposure_bias": settings.exposure_bias and bool(teacher),
+                     "prompt_format": prompt_format}, model=model, output_dir=str(stage_dir(run_dir, name)),
+                  teacher=teacher, meta={"stage": name.removeprefix("eval-"), "model": model,
+                                         "method": method or "given", "label": label, "teacher": teacher or ""})
+    return PlannedStage(name, "eval", model, deps or [], job, label)
 
 
 def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path, chain_teacher: str | None,

@@ -2,9 +2,11 @@
 
     python -m takd.prepare --models opt-13b,opt-6.7b,opt-1.3b --datasets dolly,selfinst
     python -m takd.prepare --models tiny-l,tiny-m,tiny-s            # the embedded default, no network
+    python -m takd.prepare --models paper-teacher-gpt2-1.5b,paper-init-gpt2-120m --corpus gpt2   # the authors'
 
-Hub models are downloaded into the HF cache ($HF_HOME); datasets are written as local JSONL under
-$TAKD_HOME/data/<name>/{train,valid,test}.jsonl; the tiny family is built locally. Every artefact is then
+Hub models are downloaded into the HF cache ($HF_HOME); datasets (the MiniLLM authors' files) are written as local
+JSONL under $TAKD_HOME/data/<name>/{train,valid,test}.jsonl; pretraining corpora stay in the authors' MMIDIDX shards
+under $TAKD_HOME/corpora/<family>/; the tiny family is built locally. Every artefact is then
 verified by loading it offline, and the environment variables the jobs need are printed. Without network,
 hub downloads fail fast with one line per missing item.
 """
@@ -18,16 +20,12 @@ from pathlib import Path
 
 from takd import config as cfglib
 from takd.config import NotPrepared
+from takd.data import authors
 from takd.data import rows as data
 from takd.errors import cli
 from takd.models import registry
 from takd.models.snapshots import NoWeights, cached_snapshot, hub_cache_dir, select_download, snapshot_problems
-from takd.paths import selfinst_file, takd_home
-
-# Hub sources of the evaluation/training sets (downloaded only here, never inside a job).
-DATASET_SOURCES = {
-    "dolly": "databricks/databricks-dolly-15k",
-}
+from takd.paths import takd_home
 
 
 def prepare_model(name: str) -> str:
@@ -73,38 +71,97 @@ def verify_model(directory: Path, spec: registry.ModelSpec) -> int:
 
 
 def prepare_dataset(name: str) -> str:
+    """A dataset as the MiniLLM authors published it (`takd.data.authors`): downloaded from their hub repository,
+    converted row by row, written as $TAKD_HOME/data/<name>/{train,valid,test}.jsonl with a source.json."""
     out = data.data_dir(name)
     if name == data.BUILTIN:
         return "builtin: generated on the fly (deterministic), nothing to prepare"
     if (out / "train.jsonl").is_file() or (out / "test.jsonl").is_file():
         return f"{name}: already prepared at {out}"
-    if name == "selfinst":
-        src = Path(os.environ.get("TAKD_SELFINST", "")) if os.environ.get("TAKD_SELFINST") else selfinst_file()
-        if src is None or not src.is_file():
-            raise RuntimeError("selfinst: set TAKD_SELFINST to user_oriented_instructions.jsonl (Self-Instruct repo)")
+    if name == "selfinst" and os.environ.get("TAKD_SELFINST"):  # the Self-Instruct repository's own file
+        src = Path(os.environ["TAKD_SELFINST"])
+        if not src.is_file():
+            raise NotPrepared(f"selfinst: TAKD_SELFINST={src} is not a file (user_oriented_instructions.jsonl)")
         rows = data.selfinst_rows(src)
-        data.write_jsonl(out / "test.jsonl", rows)
-        data.write_jsonl(out / "valid.jsonl", rows)
-        return f"selfinst: {len(rows)} tasks -> {out}"
-    if name == "dolly":
-        return _prepare_dolly(out)
-    raise RuntimeError(f"{name}: no automatic download; place {{train,valid,test}}.jsonl with instruction/input/"
-                       f"output fields (MiniLLM's processed files) under {out}")
+        return _write_splits(name, {"test": rows, "valid": rows}, {"file": str(src)})
+    if name not in authors.SETS:
+        raise NotPrepared(f"{name}: no automatic download; place {{train,valid,test}}.jsonl with instruction/input/"
+                          f"output fields under {out}, or give the .jsonl path as the dataset")
+    spec = authors.SETS[name]
+    local, revision = _download(spec.repo, list(spec.files.values()), repo_type="dataset")
+    rows = {split: authors.convert_rows(data.read_jsonl(local / f), f"{spec.repo}/{f}")
+            for split, f in spec.files.items()}
+    splits = authors.dolly_splits(rows["raw"], rows["test"]) if name == "dolly" else \
+        authors.eval_splits(name, rows["test"])
+    return _write_splits(name, splits, {"repo": spec.repo, "revision": revision, "files": spec.files})
 
 
-def _prepare_dolly(out: Path) -> str:
-    """Dolly-15k: MiniLLM's split (first 1000 rows valid after a fixed shuffle, 500 test, rest train)."""
-    import random
+def _write_splits(name: str, splits: dict[str, list[dict]], source: dict) -> str:
+    import json
 
-    from datasets import load_dataset
+    out = data.data_dir(name)
+    for split, rows in splits.items():
+        data.write_jsonl(out / f"{split}.jsonl", rows)
+    (out / "source.json").write_text(json.dumps(source, indent=1))
+    counts = ", ".join(f"{split} {len(rows)}" for split, rows in splits.items())
+    return f"{name}: {counts} rows -> {out}"
 
-    ds = load_dataset(DATASET_SOURCES["dolly"], split="train")
-    rows = [{"instruction": r["instruction"], "input": r["context"], "output": r["response"]} for r in ds]
-    random.Random(42).shuffle(rows)
-    data.write_jsonl(out / "valid.jsonl", rows[:1000])
-    data.write_jsonl(out / "test.jsonl", rows[1000:1500])
-    data.write_jsonl(out / "train.jsonl", rows[1500:])
-    return f"dolly: {len(rows)} rows -> {out}"
+
+def _download(repo: str, files: list[str], repo_type: str = "model", local_dir: Path | None = None
+              ) -> tuple[Path, str]:
+    """Fetch `files` of a hub repository (one worker, as the Alliance advises on login nodes): where they are, and
+    the revision they came from."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    info = HfApi().repo_info(repo, repo_type=repo_type)
+    path = snapshot_download(repo, repo_type=repo_type, revision=info.sha, allow_patterns=files, max_workers=1,
+                             **({"local_dir": str(local_dir)} if local_dir else {"cache_dir": hub_cache_dir()}))
+    missing = [f for f in files if not (Path(path) / f).is_file()]
+    if missing:
+        raise NotPrepared(f"{repo}: {', '.join(missing)} not in the repository (has its layout changed? "
+                          f"python -m takd.prepare --record-listing {repo} shows what it holds)")
+    return Path(path), info.sha
+
+
+def prepare_corpus(family: str) -> str:
+    """A family's pretraining corpus for MiniLLM's PT loss, the authors' MMIDIDX shards downloaded once to
+    $TAKD_HOME/corpora/<family>/ (GPT-2 ~10 GB, OPT/LLaMA ~20 GB each) and checked: every shard's index and size,
+    the token ids within the family's vocabulary."""
+    if family not in authors.CORPORA:
+        raise cfglib.ConfigError(f"--corpus {family}: the authors published corpora for {', '.join(authors.CORPORA)}")
+    found = authors.find_corpus(family)
+    if found is None:
+        from huggingface_hub import HfApi
+
+        repo = authors.CORPORA[family]
+        files = authors.corpus_files(HfApi().list_repo_files(repo, repo_type="dataset"), family)
+        if not files:
+            raise NotPrepared(f"{repo} lists no .bin/.idx shards (python -m takd.prepare --record-listing {repo})")
+        _download(repo, files, repo_type="dataset", local_dir=authors.corpus_root(family))
+        found = authors.find_corpus(family)
+        if found is None:
+            raise NotPrepared(f"{repo}: downloaded, but no train_0.bin/.idx pair under {authors.corpus_root(family)}")
+    return f"corpus {family}: {check_corpus(found, family)}"
+
+
+def check_corpus(directory: Path, family: str) -> str:
+    from takd.data.mmidx import IndexedSplit
+
+    vocab = max(s.arch.get("vocab_size", 0) for s in registry.registry().values() if s.family == family)
+    parts = []
+    for split in ("train", "valid"):
+        try:
+            items = IndexedSplit(directory, split)
+        except FileNotFoundError:
+            continue
+        top = items.max_token()
+        if vocab and top >= vocab:
+            raise NotPrepared(f"{directory}: token id {top} is beyond the {family} vocabulary ({vocab}): the corpus "
+                              "of another family?")
+        lengths = items.item_lengths()
+        parts.append(f"{split} {len(items):,} chunks of {int(lengths.min())}-{int(lengths.max())} {items.dtype.name} "
+                     f"tokens in {len(items.shards)} shard(s)")
+    return f"{'; '.join(parts)} at {directory}"
 
 
 PUSH_IGNORED = [".*", "COMPLETE", "takd_model.json"]  # hidden temporaries, takd's markers: not part of the model
@@ -148,7 +205,9 @@ def needs_hub(kind: str, name: str) -> bool:
     if kind == "model":
         spec = registry.resolve(name)
         return not spec.is_tiny and not Path(spec.hf_id).is_dir() and not registry.is_available_offline(name)
-    return name in DATASET_SOURCES and not (data.data_dir(name) / "train.jsonl").is_file()
+    if kind == "corpus":
+        return authors.find_corpus(name) is None
+    return name in authors.SETS and not any((data.data_dir(name) / f"{s}.jsonl").is_file() for s in ("train", "test"))
 
 
 def cache_advice() -> str | None:
@@ -177,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m takd.prepare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="", help="comma list of registry names / HF ids")
-    ap.add_argument("--datasets", default="", help="comma list: builtin,dolly,selfinst,vicuna,sni,unni")
+    ap.add_argument("--datasets", default="", help="comma list: builtin,dolly,selfinst,vicuna,sni,unni (the MiniLLM "
+                    "authors' files from the hub: MiniLLM/dolly, self-inst, Vicuna, sinst, uinst)")
+    ap.add_argument("--corpus", default="", help="comma list of families (gpt2, opt, llama): the authors' pretraining "
+                    "corpus for MiniLLM's PT loss, read in place (GPT-2 ~10 GB, OPT/LLaMA ~20 GB each)")
     ap.add_argument("--record-listing", default=None, metavar="REPO",
                     help="print a hub repo's file listing as JSON (to refresh tests/data/hub_listings.json)")
     ap.add_argument("--push", default=None, metavar="DIR", help="upload a finished model directory (a stage's final/) "
@@ -198,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         return _push(args.push, args.repo_id, private=not args.public)
     names = [m for m in args.models.split(",") if m]
     sets = [d for d in args.datasets.split(",") if d]
-    if not names and not sets:
-        ap.error("nothing to prepare: give --models and/or --datasets")
+    corpora = [c for c in args.corpus.split(",") if c]
+    if not names and not sets and not corpora:
+        ap.error("nothing to prepare: give --models, --datasets and/or --corpus")
     advice = cache_advice()
     if advice:
         print(f"note: {advice}", file=sys.stderr)
@@ -207,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
     failures = 0
-    work = [("model", n, prepare_model) for n in names] + [("dataset", d, prepare_dataset) for d in sets]
+    work = [("model", n, prepare_model) for n in names] + [("dataset", d, prepare_dataset) for d in sets] + \
+        [("corpus", c, prepare_corpus) for c in corpora]
     offline = None
     for kind, item, fn in work:
         try:

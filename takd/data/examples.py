@@ -41,6 +41,9 @@ def chat_prompt(row: dict, tokenizer) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"prompt_format chat: the tokenizer of {tokenizer.name_or_path} has no chat template; use "
                           "prompt_format: alpaca")
+    if not row.get("instruction"):
+        raise ConfigError("prompt_format chat needs each row's `instruction`; this row holds only the reference's "
+                          "templated `prompt`: use prompt_format: alpaca")
     inp = (row.get("input") or "").strip()
     user = f"{row['instruction']}\n\n{inp}" if inp else row["instruction"]
     return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,

@@ -28,7 +28,10 @@ class DataNotPrepared(NotPrepared):
 
 
 def format_prompt(row: dict) -> str:
-    """The Alpaca template used by MiniLLM for every family (reference §6)."""
+    """The Alpaca template used by MiniLLM for every family (reference §6); a row that carries the reference's own
+    `prompt` (the authors' evaluation files, `takd.data.authors`) is given that text as it is."""
+    if isinstance(row.get("prompt"), str) and row["prompt"]:
+        return row["prompt"]
     inp = (row.get("input") or "").strip()
     if inp:
         return f"{_HEAD_INPUT}\n\n### Instruction:\n{row['instruction']}\n\n### Input:\n{inp}\n\n### Response:\n"
@@ -69,9 +72,10 @@ def check_rows(rows: list[dict], source: str) -> list[dict]:
         raise ConfigError(f"{source}: no rows (an empty dataset)")
     for n, row in enumerate(rows, start=1):
         out = row.get("output")
-        if not isinstance(row.get("instruction"), str) or not (
+        if not (isinstance(row.get("instruction"), str) or isinstance(row.get("prompt"), str)) or not (
                 isinstance(out, str) or (isinstance(out, list) and out and all(isinstance(o, str) for o in out))):
-            raise ConfigError(f"{source}: row {n} needs `instruction` (text) and `output` (text or list of texts)")
+            raise ConfigError(f"{source}: row {n} needs `instruction` (text; or the full `prompt`) and `output` (text "
+                              "or list of texts)")
     return rows
 
 

@@ -1,7 +1,9 @@
 """The model registry (torch-free): short names, families, sizes, tokenizer identities, and what a saved
 directory descends from.
 
-Short names (`opt-13b`, `gpt2-120m`, `tiny-s`, ...) come from `configs/models/*.yaml`. Any HF causal-LM id or a local
+Short names (`opt-13b`, `gpt2-120m`, `tiny-s`, ...) come from `configs/models/*.yaml`; the MiniLLM authors' released
+checkpoints (`paper-teacher-gpt2-1.5b`, `paper-init-opt-1.3b`, ...) from `configs/released/minillm.yaml`, each a
+fine-tune of a registry model (its architecture, size and tokenizer) with a role. Any HF causal-LM id or a local
 HF directory is also accepted. The planner reads only this module, so planning never imports torch.
 """
 
@@ -34,6 +36,8 @@ class ModelSpec:
     params_m: float  # millions of parameters
     hf_id: str | None = None  # None for the tiny family (built from `arch`)
     arch: dict[str, int] = field(default_factory=dict)
+    role: str = ""  # released checkpoints: teacher | init | sft | kd | seqkd | minillm
+    base: str = ""  # released checkpoints: the registry model they fine-tune
 
     @property
     def is_tiny(self) -> bool:
@@ -66,7 +70,50 @@ def registry() -> dict[str, ModelSpec]:
             if name in specs:
                 raise cfglib.ConfigError(f"{path}: model {name!r} is also defined in family {specs[name].family}")
             specs[name] = ModelSpec(name, fam.family, fam.architecture, fam.tokenizer, e.params_m, e.hf_id, e.arch)
+    for name, entry in released_entries().items():
+        if name in specs or entry.base not in specs:
+            raise cfglib.ConfigError(f"{RELEASED_FILE}: {name!r} is already a model, or its base {entry.base!r} is not")
+        specs[name] = dataclasses.replace(specs[entry.base], name=name, hf_id=entry.hf_id, role=entry.role,
+                                          base=entry.base)
     return specs
+
+
+RELEASED_FILE = CONFIG_DIR / "released" / "minillm.yaml"
+ROLES = ("teacher", "init", "sft", "kd", "seqkd", "minillm")
+
+
+@dataclass
+class ReleasedEntry:
+    hf_id: str
+    base: str
+    role: Literal["teacher", "init", "sft", "kd", "seqkd", "minillm"]
+    source: Literal["readme", "card", "cited", "pattern"]
+
+
+@dataclass
+class _ReleasedFile:
+    organisation: str
+    models: dict[str, Any]
+
+
+@cache
+def released_entries() -> dict[str, ReleasedEntry]:
+    """The authors' released checkpoints, by short name (configs/released/minillm.yaml)."""
+    f = cfglib.load(_ReleasedFile, RELEASED_FILE)
+    return {name: cfglib.from_dict(ReleasedEntry, e, f"{RELEASED_FILE}: models.{name}") for name, e in f.models.items()}
+
+
+def released(role: str | None = None, family: str | None = None) -> list[ModelSpec]:
+    """Released checkpoints, optionally of one role and family, smallest model first."""
+    reg = registry()
+    out = [reg[n] for n in released_entries() if (role is None or reg[n].role == role)
+           and (family is None or reg[n].family == family)]
+    return sorted(out, key=lambda s: (s.params_m, ROLES.index(s.role)))
+
+
+def released_for(base: str, role: str) -> ModelSpec | None:
+    """The released checkpoint of `role` fine-tuned from registry model `base`, if the authors released one."""
+    return next((s for s in released(role) if s.base == base), None)
 
 
 FILES = "files:"  # a tokenizer identity that names a directory: compared by content (`tokenizer_problem`)

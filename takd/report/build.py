@@ -1,6 +1,7 @@
 """A Markdown + HTML report of one or more chain runs (`python -m takd.report RUN_DIR [RUN_DIR ...]`).
 
-Sections: Rouge-L of every evaluated model (mean ± 95 % interval over seeds), the direct-vs-TA table per
+Sections: Rouge-L of every evaluated model (mean ± 95 % interval over seeds), each Table 1 cell of the paper beside
+ours when a model matches a Table 1 row (`takd.report.paper`), the direct-vs-TA table per
 dataset (student via TA − direct, paired by seed), the TA-size curve when runs or a sweep used several TAs,
 calibration and exposure bias when evaluated, and training curves (loss, reverse KL to the teacher, response
 length) read from each stage's metrics.jsonl. Figures are PNG files beside the report.
@@ -26,6 +27,8 @@ from takd.report.collect import (  # noqa: E402
     method_comparison,
     summary,
 )
+from takd.report.paper import FIGURE6_SOURCE, exposure_by_length, figure6, replication  # noqa: E402
+from takd.report.paper import SOURCE as PAPER_SOURCE  # noqa: E402
 from takd.train.metrics_log import read_metrics  # noqa: E402
 
 
@@ -118,6 +121,14 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
         md += ["## Rouge-L (mean ± 95 % CI over sampling seeds)", "",
                s[["run", "dataset", "label", "stage", "model", "mean", "ci95", "seeds"]], "",
                f"![Rouge-L]({plot_rouge(s, out / 'rouge_l.png').name})", ""]
+    rep = replication(df)
+    if not rep.empty:
+        outside = int((rep["paper in interval"] == "NO").sum())
+        md += [f"## Against the paper: {PAPER_SOURCE}", "",
+               f"{len(rep)} Table 1 cells measured; in {outside} the paper's value lies outside our 95 % interval over "
+               "sampling seeds. That interval covers sampling only, not training: a cell outside it says these "
+               "weights and this evaluation differ from the paper's by more than sampling noise. The GPT-4 column "
+               "needs a judge (--judge-url).", "", rep, ""]
     if not d.empty:
         md += ["## Student via TA vs direct (paired by seed)", "", d, ""]
     c = method_comparison(df)
@@ -140,11 +151,10 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     if not extra.empty:
         md += ["## Calibration (built-in classification items)", "",
                extra.pivot_table(index=["label", "stage"], columns="metric", values="value").reset_index(), ""]
-    eb = df[(df["metric"] == "ex_acc_err")]
-    if not eb.empty and "position" in eb:
-        last = eb[eb["position"] == eb["position"].max()]
-        md += ["## Exposure bias (ExAccErr at the last position, %)", "",
-               last[["label", "stage", "position", "value"]], ""]
+    eb = exposure_by_length(df)
+    if not eb.empty:
+        md += ["## Exposure bias: ExAccErr (%) by generation length, against each model's teacher", "", eb, "",
+               f"For comparison, {FIGURE6_SOURCE}, GPT-2 125M students of GPT-2 1.5B on Dolly:", "", figure6(), ""]
     curves = pd.concat([training_curves(r) for r in run_dirs], ignore_index=True)
     if not curves.empty:
         curves.to_csv(out / "curves.csv", index=False)

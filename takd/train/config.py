@@ -264,7 +264,9 @@ class MiniLLMStage(StageConfig):
     micro_batch_size: int = 4  # rollouts per forward pass per process
     eval_every_steps: int = 100
     save_every_steps: int = 500
-    pt_dataset: str | None = "builtin"  # pretraining corpus for the PT loss (builtin | path prefix)
+    # the PT loss's corpus: auto (the family's, prepared by takd.prepare --corpus; tiny models: the toy corpus),
+    # builtin (the toy corpus, on purpose) or a directory of MMIDIDX shards (takd.models.corpora)
+    pt_dataset: str | None = "auto"
     optim: OptimConfig = field(default_factory=_minillm_optim)
     minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
 

@@ -16,7 +16,6 @@ trajectory of the same global batch.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +23,10 @@ import torch.nn.functional as F
 
 from takd import dist
 from takd.config import ConfigError
-from takd.data.corpus import PackedCorpus, pack_corpus
+from takd.data.corpus import PretrainingCorpus, pack_corpus
 from takd.data.examples import EpochSampler, encode_rows
 from takd.data.rows import data_dir, load_rows
+from takd.models.corpora import BUILTIN, resolve_corpus
 from takd.models.loading import disable_dropout
 from takd.models.registry import base_model_name
 from takd.sampling import response_logits
@@ -63,17 +63,23 @@ class MiniLLMTrainer(Trainer):
         return encode_rows(load_rows(cfg.dataset, "train", seed=0), self.tokenizer, cfg.max_prompt_tokens,
                            cfg.max_new_tokens, with_response=False, prompt_format=cfg.prompt_format)
 
-    def load_corpus(self) -> PackedCorpus:
+    def load_corpus(self) -> PretrainingCorpus:
+        """The PT loss's corpus (`takd.models.corpora`): the authors' for a real model, the toy one for tiny models
+        or when asked; a corpus tokenised for another vocabulary is refused before training starts."""
         cfg = self.cfg
-        chunk = min(cfg.minillm.pt_chunk_tokens, self.student.config.max_position_embeddings)
-        if cfg.pt_dataset in (None, "builtin"):
+        where = resolve_corpus(cfg.pt_dataset, cfg.student)
+        if where == BUILTIN:
             from takd.data.builtin import pretraining_corpus
 
-            prefix = data_dir("builtin-pt") / f"{base_model_name(cfg.student).replace('/', '_')}-{chunk}"
-            if not prefix.with_suffix(".json").is_file():
-                pack_corpus(pretraining_corpus(), self.tokenizer, chunk, prefix)
-            return PackedCorpus(prefix)
-        return PackedCorpus(Path(cfg.pt_dataset))
+            chunk = min(cfg.minillm.pt_chunk_tokens, self.student.config.max_position_embeddings)
+            where = data_dir("builtin-pt") / f"{base_model_name(cfg.student).replace('/', '_')}-{chunk}"
+            if not (where / "train_0.idx").is_file():
+                pack_corpus(pretraining_corpus(), self.tokenizer, chunk, where)
+        corpus = PretrainingCorpus(where)
+        problem = corpus.check_vocabulary(self.student.get_input_embeddings().num_embeddings)
+        if problem:
+            raise ConfigError(f"pt_dataset: {problem}")
+        return corpus
 
     # ------------------------------------------------------------------------------------------ PPO passes
     def collect(self, round_: int):
@@ -126,7 +132,7 @@ class MiniLLMTrainer(Trainer):
         mc = self.cfg.minillm
         m = self.cfg.micro_batch_size  # chunks are full: equal token counts, so rank means average exactly
         idx = self.pt_sampler.next_indices(m * self.world)[self.rank * m: (self.rank + 1) * m]
-        b = dist.to_device(self.corpus.batch(idx), self.backend.device)
+        b = dist.to_device(self.corpus.batch(idx, self.tokenizer.pad_token_id), self.backend.device)
         logits = self.backend.train_forward(input_ids=b["input_ids"]).logits
         t_logits = None
         if mc.pt_loss == "lm+kd":
