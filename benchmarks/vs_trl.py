@@ -1,53 +1,85 @@
-"""MiniLLM update-cycle throughput: takd vs TRL's MiniLLMTrainer (trl.experimental.minillm), CPU, matched settings.
+"""On-policy distillation throughput and memory: takd's MiniLLM vs TRL's DistillationTrainer (current) and TRL
+1.14.2's MiniLLMTrainer (its last release), CPU, matched settings, interleaved in one run.
 
-    # TRL is a benchmark-only dependency (1.14.2 is its last release with MiniLLMTrainer), in its own environment:
+    # TRL is a benchmark-only dependency, in its own environment (two TRL versions: the old one by --target)
     python -m venv /tmp/trlv && /tmp/trlv/bin/pip install torch==2.13.0
-    /tmp/trlv/bin/pip install trl==1.14.2 transformers==5.23.0 datasets accelerate pyyaml rouge-score pandas submitit
-    PYTHONPATH=. /tmp/trlv/bin/python benchmarks/vs_trl.py [--cycles 2] [--repeats 3]
+    /tmp/trlv/bin/pip install trl==1.16.0 datasets accelerate pyyaml rouge-score pandas submitit
+    /tmp/trlv/bin/pip install --no-deps --target /tmp/trl1142 trl==1.14.2
+    PYTHONPATH=. /tmp/trlv/bin/python benchmarks/vs_trl.py [--repeats 3] [--old-trl /tmp/trl1142]
 
-One update cycle = roll out B prompts × T new tokens, then E passes over them in micro-batches of M (B·E/M
-optimizer steps). Both sides use the same random-init OPT student and teacher (GPT-2 vocabulary when the BPE files
-are available, else the built-in one), the same prompts, B, T, M, E (TRL: num_iterations), the single-step
-reverse-KL term, no PT loss, γ = 0.95 with length normalisation, sampling at temperature 1 with no top-k/top-p,
-fp32. E defaults to 1 because TRL 1.14.2's MiniLLMTrainer fails with num_iterations > 1 ("Trying to backward
-through the graph a second time": its reverse-KL advantage keeps the graph and is written into the reused batch).
-TRL samples from the student only, so takd is timed at α = 0 (same sampling) and at its default α = 0.2
-(teacher-mixed: one more teacher forward per token), without its logging-only student rollout (TRL has none).
-One untimed warm-up run of each precedes the timed ones. Runs alternate takd/TRL within each repeat; min/median/max of
-the per-repeat throughput are reported with the ratio of medians.
+One update cycle = roll out B prompts × T new tokens, then train on them in micro-batches of M (B/M forward-backward
+passes). Every trainer gets the same random-init OPT student and teacher, the same prompts, B, T, M, one pass over
+each rollout (TRL 1.14.2's MiniLLMTrainer fails with num_iterations > 1; DistillationTrainer is one pass by
+design), fp32, no gradient checkpointing, sampling at temperature 1 with no top-k/top-p, and generation in one
+batch of B:
+- takd MiniLLM: single-step reverse KL + policy gradient, γ = 0.95 with length normalisation, no PT loss, at its
+  default α = 0.2 (teacher-mixed sampling: one more teacher forward per token) and at α = 0 (student-only sampling
+  like the others), without its logging-only student rollout; B/M optimizer steps per cycle.
+- TRL DistillationTrainer (trl >= 1.11 stable; beta = 1.0: reverse KL, TRL's convention 0 = forward KL), chunked
+  divergence loss, per_device_train_batch_size M with gradient accumulation B/M so it generates B at once (one
+  optimizer step per cycle: the same forward-backward work).
+- TRL 1.14.2 MiniLLMTrainer (trl.experimental.minillm): num_generations 1, steps_per_generation B/M, single-step
+  decomposition, γ = 0.95, length normalisation.
+Two sizes: "tiny" (student OPT 128×2, teacher 256×4, GPT-2's 50,257-token vocabulary) and "vocab" (student OPT
+64×2, teacher 128×2, a 128,256-token vocabulary: the vocabulary dominates every forward and loss; a word-level
+tokenizer of that size so every sampled id decodes). Each measurement runs in its own process (the two TRL versions
+cannot share one) after an untimed warm-up: rollout tokens per second of the timed training loop (B × T per cycle,
+nominal: random-init models almost never stop early), and peak RSS of the training loop above the process's RSS
+with the models loaded. Runs alternate within each repeat; min/median/max and the ratio of medians are reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import os
 import platform
+import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from transformers import OPTConfig, OPTForCausalLM
+from _results import record
 
-from takd.data.builtin import generate_split
-from takd.data.rows import format_prompt
-from takd.paths import gpt2_bpe_dir
-
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = {"tiny": {"student": (128, 2), "teacher": (256, 4), "vocab": 0},
+         "vocab": {"student": (64, 2), "teacher": (128, 2), "vocab": 128_256}}
+TRAINERS = ("takd α=0.2", "takd α=0", "TRL DistillationTrainer", "TRL 1.14.2 MiniLLMTrainer")
 
 
-def tokenizer():
+# ------------------------------------------------------------------------------------------------ set-up
+def word_tokenizer(size: int, out: Path):
+    """A word-level tokenizer of `size` ids (w0, w1, ...; EOS = id 0): every id decodes, whatever is sampled."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"</s>": 0, "<unk>": 1, **{f"w{i}": i for i in range(2, size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(out)
+    return fast
+
+
+def gpt2_tokenizer():
     from takd.data.tokenizers import gpt2_bpe
     from takd.models.loading import load_tokenizer_for
+    from takd.paths import gpt2_bpe_dir
 
     return gpt2_bpe(gpt2_bpe_dir()) if gpt2_bpe_dir() else load_tokenizer_for("tiny-s")
 
 
-def make_model(tok, hidden: int, layers: int, seed: int, out: Path) -> Path:
+def make_model(tok, vocab: int, hidden: int, layers: int, seed: int, out: Path) -> Path:
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
     torch.manual_seed(seed)
-    cfg = OPTConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 32,
+    cfg = OPTConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 32,
                     ffn_dim=4 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=512, dropout=0.0,
                     pad_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     OPTForCausalLM(cfg).save_pretrained(out)
@@ -55,56 +87,137 @@ def make_model(tok, hidden: int, layers: int, seed: int, out: Path) -> Path:
     return out
 
 
-def takd_cycle_time(student: Path, teacher: Path, work: Path, args, alpha: float) -> float:
+def setup(work: Path, size: str, n_prompts: int) -> dict:
+    from takd.data.builtin import generate_split
+    from takd.data.rows import format_prompt
+
+    spec = SIZES[size]
+    d = work / size
+    d.mkdir(parents=True)
+    tok = word_tokenizer(spec["vocab"], d / "tok") if spec["vocab"] else gpt2_tokenizer()
+    vocab = spec["vocab"] or len(tok)
+    student = make_model(tok, vocab, *spec["student"], 0, d / "student")
+    teacher = make_model(tok, vocab, *spec["teacher"], 1, d / "teacher")
+    prompts = [format_prompt(r) for r in generate_split("train", n=n_prompts)]
+    (d / "prompts.json").write_text(json.dumps(prompts))
+    return {"student": str(student), "teacher": str(teacher), "prompts": str(d / "prompts.json"), "vocab": vocab}
+
+
+# ------------------------------------------------------------------------------------------------ workers
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def takd_worker(a) -> tuple[float, float]:
     from takd.train.config import stage_config
     from takd.train.minillm.trainer import MiniLLMTrainer
 
-    cfg = stage_config("minillm", name="bench", student=str(student), teacher=str(teacher),
-                       output_dir=str(work / f"takd-{alpha}-{time.time_ns()}"), max_steps=10**6,
-                       micro_batch_size=args.micro, batch_size=args.micro, max_new_tokens=args.tokens,
-                       max_prompt_tokens=256, eval_prompts=0, tensorboard=False, seed=1)
+    cfg = stage_config("minillm", name="bench", student=a.student, teacher=a.teacher,
+                       output_dir=str(Path(a.work) / f"takd-{time.time_ns()}"), max_steps=10**6,
+                       micro_batch_size=a.micro, batch_size=a.micro, max_new_tokens=a.tokens, max_prompt_tokens=256,
+                       eval_prompts=0, tensorboard=False, seed=1)
     m = cfg.minillm
-    m.num_rollouts, m.rollout_batch_size, m.ppo_epochs, m.pt_loss = args.batch, args.batch, args.epochs, "none"
-    m.alpha = alpha
+    m.num_rollouts, m.rollout_batch_size, m.ppo_epochs, m.pt_loss = a.batch, a.batch, 1, "none"
+    m.alpha = a.alpha
     m.log_student_rev_kl = False  # logging-only extra rollout: TRL has none
     trainer = MiniLLMTrainer(cfg)
     trainer.setup()
-    steps = args.cycles * args.batch * args.epochs // args.micro
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        trainer.optimizer_step()
-    return time.perf_counter() - t0
+    return _timed(lambda: [trainer.optimizer_step() for _ in range(a.cycles * a.batch // a.micro)])
 
 
-def trl_cycle_time(student: Path, teacher: Path, tok, prompts: list[str], work: Path, args) -> float:
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl.experimental.minillm import MiniLLMConfig, MiniLLMTrainer
+def _trl_clock():
+    from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         start = end = 0.0
+        rss = 0.0
 
-        def on_train_begin(self, *a, **k):
-            Clock.start = time.perf_counter()
+        def on_train_begin(self, *args, **kwargs):
+            Clock.rss, Clock.start = rss_mb(), time.perf_counter()
 
-        def on_train_end(self, *a, **k):
+        def on_train_end(self, *args, **kwargs):
             Clock.end = time.perf_counter()
 
-    steps = args.cycles * args.batch * args.epochs // args.micro
-    cfg = MiniLLMConfig(output_dir=str(work / f"trl-{time.time_ns()}"), per_device_train_batch_size=args.micro,
-                        gradient_accumulation_steps=1, steps_per_generation=args.batch // args.micro,
-                        num_generations=1, num_iterations=args.epochs, max_completion_length=args.tokens,
-                        max_steps=steps,
+    return Clock
+
+
+def _trl_train(trainer_cls, cfg, a) -> tuple[float, float]:
+    """Train a TRL trainer on the benchmark's models and prompts: its training loop's seconds and the RSS before."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    clock = _trl_clock()
+    trainer = trainer_cls(model=AutoModelForCausalLM.from_pretrained(a.student),
+                          teacher_model=AutoModelForCausalLM.from_pretrained(a.teacher), args=cfg,
+                          train_dataset=Dataset.from_dict({"prompt": json.loads(Path(a.prompts).read_text())}),
+                          processing_class=AutoTokenizer.from_pretrained(a.student), callbacks=[clock()])
+    trainer.train()
+    return clock.end - clock.start, clock.rss
+
+
+def trl_distill_worker(a) -> tuple[float, float]:
+    from trl import DistillationConfig, DistillationTrainer
+
+    cfg = DistillationConfig(output_dir=str(Path(a.work) / f"trl-d-{time.time_ns()}"),
+                             per_device_train_batch_size=a.micro, gradient_accumulation_steps=a.batch // a.micro,
+                             max_steps=a.cycles, max_completion_length=a.tokens, learning_rate=5e-6, use_cpu=True,
+                             bf16=False, fp16=False, gradient_checkpointing=False, report_to=[], save_strategy="no",
+                             logging_steps=10**6, temperature=1.0, top_k=0, top_p=1.0, beta=1.0, seed=1,
+                             disable_dropout=True, dataloader_num_workers=0)
+    return _trl_train(DistillationTrainer, cfg, a)
+
+
+def trl_minillm_worker(a) -> tuple[float, float]:
+    from trl.experimental.minillm import MiniLLMConfig, MiniLLMTrainer
+
+    cfg = MiniLLMConfig(output_dir=str(Path(a.work) / f"trl-m-{time.time_ns()}"), per_device_train_batch_size=a.micro,
+                        gradient_accumulation_steps=1, steps_per_generation=a.batch // a.micro, num_generations=1,
+                        num_iterations=1, max_completion_length=a.tokens, max_steps=a.cycles * a.batch // a.micro,
                         learning_rate=5e-6, use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no",
                         logging_steps=10**6, temperature=1.0, top_k=0, top_p=1.0, beta=0.0, gamma=0.95,
-                        length_normalization=True, single_step_decomposition=True, seed=1,
-                        dataloader_num_workers=0)
-    trainer = MiniLLMTrainer(model=AutoModelForCausalLM.from_pretrained(student),
-                             teacher_model=AutoModelForCausalLM.from_pretrained(teacher), args=cfg,
-                             train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok,
-                             callbacks=[Clock()])
-    trainer.train()
-    return Clock.end - Clock.start
+                        length_normalization=True, single_step_decomposition=True, seed=1, dataloader_num_workers=0)
+    return _trl_train(MiniLLMTrainer, cfg, a)
+
+
+def _timed(fn) -> tuple[float, float]:
+    before = rss_mb()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, before
+
+
+def worker(a) -> None:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from takd.models.loading import quiet_transformers
+
+    quiet_transformers()
+    fn = {"takd": takd_worker, "trl-distill": trl_distill_worker, "trl-minillm": trl_minillm_worker}[a.worker]
+    seconds, rss_before = fn(a)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux
+    print("RESULT " + json.dumps({"seconds": seconds, "peak_mb": peak, "above_mb": peak - rss_before}))
+
+
+# ------------------------------------------------------------------------------------------------ orchestration
+def run_one(trainer: str, setup_: dict, a, cycles: int) -> dict:
+    kind, alpha = {"takd α=0.2": ("takd", 0.2), "takd α=0": ("takd", 0.0), "TRL DistillationTrainer":
+                   ("trl-distill", 0.0), "TRL 1.14.2 MiniLLMTrainer": ("trl-minillm", 0.0)}[trainer]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    if kind == "trl-minillm":
+        env["PYTHONPATH"] = f"{a.old_trl}:{ROOT}"
+    cmd = [sys.executable, __file__, "--worker", kind, "--alpha", str(alpha), "--cycles", str(cycles),
+           "--batch", str(a.batch), "--tokens", str(a.tokens), "--micro", str(a.micro), "--threads", str(a.threads),
+           "--work", a.work, "--student", setup_["student"], "--teacher", setup_["teacher"],
+           "--prompts", setup_["prompts"]]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if out.returncode or line is None:
+        raise SystemExit(f"{trainer} failed:\n{out.stderr[-3000:]}")
+    res = json.loads(line[len("RESULT "):])
+    res["tok_s"] = cycles * a.batch * a.tokens / res["seconds"]
+    return res
 
 
 def main() -> None:
@@ -112,48 +225,58 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="B: prompts per rollout")
     ap.add_argument("--tokens", type=int, default=32, help="T: new tokens per response")
     ap.add_argument("--micro", type=int, default=8, help="M: sequences per micro-batch")
-    ap.add_argument("--epochs", type=int, default=1, help="E: PPO epochs per rollout (TRL: num_iterations)")
     ap.add_argument("--cycles", type=int, default=2, help="update cycles per timed run")
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", default="tiny,vocab")
+    ap.add_argument("--old-trl", default="/tmp/trl1142", help="a --target install of trl==1.14.2")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    for k in ("worker", "work", "student", "teacher", "prompts"):
+        ap.add_argument(f"--{k}", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--alpha", type=float, default=0.2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a)
+    import torch
     import trl
 
-    from takd.models.loading import quiet_transformers
+    a.work = tempfile.mkdtemp(prefix="takd-vs-trl-")
+    blocks = []
+    for size in a.sizes.split(","):
+        s = setup(Path(a.work), size, a.batch * a.cycles)
+        for trainer in TRAINERS:  # untimed warm-up of every code path (file caches, lazy imports)
+            run_one(trainer, s, a, 1)
+        res: dict[str, list[dict]] = {t: [] for t in TRAINERS}
+        for r in range(a.repeats):
+            for trainer in (TRAINERS if r % 2 == 0 else TRAINERS[::-1]):  # A/B/C/D, then D/C/B/A
+                res[trainer].append(run_one(trainer, s, a, a.cycles))
+        blocks.append(_table(size, s, res))
+    head = "\n".join([
+        f"\n## On-policy distillation: takd vs TRL {trl.__version__} DistillationTrainer and TRL 1.14.2 MiniLLMTrainer "
+        f"— {dt.date.today()} — {platform.node()} ({platform.machine()}, torch {torch.__version__}, "
+        f"{a.threads} threads)",
+        f"Command: `PYTHONPATH=. python benchmarks/vs_trl.py --batch {a.batch} --tokens {a.tokens} --micro {a.micro} "
+        f"--cycles {a.cycles} --repeats {a.repeats}` (settings: the script's docstring).",
+        f"B={a.batch} prompts × T={a.tokens} new tokens per cycle, micro-batch {a.micro}, one pass per rollout, "
+        f"{a.cycles} cycles per timed run, {a.repeats} interleaved repeats, each run its own process.", ""])
+    record(head + "\n".join(blocks), write=not a.no_record)
+    shutil.rmtree(a.work, ignore_errors=True)
 
-    quiet_transformers()
-    work = Path(tempfile.mkdtemp(prefix="takd-vs-trl-"))
-    tok = tokenizer()
-    student = make_model(tok, 128, 2, 0, work / "student")
-    teacher = make_model(tok, 256, 4, 1, work / "teacher")
-    prompts = [format_prompt(r) for r in generate_split("train", n=args.batch * args.cycles * args.epochs)]
-    tokens = args.cycles * args.batch * args.tokens  # nominal: random-init models almost never emit EOS
-    rates: dict[str, list[float]] = {"takd α=0": [], "takd α=0.2": [], "TRL": []}
-    warm = argparse.Namespace(**{**vars(args), "cycles": 1})
-    takd_cycle_time(student, teacher, work, warm, 0.2)  # untimed warm-up of both code paths
-    trl_cycle_time(student, teacher, tok, prompts, work, warm)
-    for _ in range(args.repeats):  # A/B alternation
-        rates["takd α=0"].append(tokens / takd_cycle_time(student, teacher, work, args, 0.0))
-        rates["TRL"].append(tokens / trl_cycle_time(student, teacher, tok, prompts, work, args))
-        rates["takd α=0.2"].append(tokens / takd_cycle_time(student, teacher, work, args, 0.2))
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    rows = [f"| {k} | {min(v):.1f} | {med[k]:.1f} | {max(v):.1f} | {med[k] / med['TRL']:.2f} |"
-            for k, v in rates.items()]
-    block = "\n".join([
-        f"\n## MiniLLM update cycle: takd vs TRL {trl.__version__} MiniLLMTrainer — {dt.date.today()} — "
-        f"{platform.node()} ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)",
-        f"Command: `PYTHONPATH=. python benchmarks/vs_trl.py --batch {args.batch} --tokens {args.tokens} "
-        f"--micro {args.micro} --epochs {args.epochs} --cycles {args.cycles} --repeats {args.repeats}`. "
-        f"Student OPT 128×2, teacher OPT 256×4, "
-        f"vocabulary {len(tok)}; B={args.batch} prompts × T={args.tokens} new tokens, micro-batch {args.micro}, "
-        f"{args.epochs} PPO epoch(s) ({args.batch * args.epochs // args.micro} optimizer steps per cycle), "
-        f"{args.cycles} cycles per run, "
-        f"{args.repeats} interleaved repeats. Rollout tokens per second of wall time (generation + updates):", "",
-        "| trainer | min | median | max | ratio to TRL (medians) |", "|---|---|---|---|---|", *rows, ""])
-    print(block)
-    with open(HERE / "RESULTS.md", "a") as fh:
-        fh.write(block)
-    shutil.rmtree(work, ignore_errors=True)
+
+def _table(size: str, s: dict, res: dict[str, list[dict]]) -> str:
+    spec = SIZES[size]
+    med = {t: statistics.median(x["tok_s"] for x in v) for t, v in res.items()}
+    best_trl = max(med[t] for t in TRAINERS if t.startswith("TRL"))
+    lines = [f"\n### {size}: student OPT {spec['student'][0]}×{spec['student'][1]}, teacher OPT "
+             f"{spec['teacher'][0]}×{spec['teacher'][1]}, vocabulary {s['vocab']:,}\n",
+             "| trainer | tokens/s min | median | max | ratio to the best TRL (medians) | peak RSS MB | above "
+             "loaded models MB |", "|---|---|---|---|---|---|---|"]
+    for t, v in res.items():
+        rates = [x["tok_s"] for x in v]
+        lines.append(f"| {t} | {min(rates):.1f} | {med[t]:.1f} | {max(rates):.1f} | {med[t] / best_trl:.2f} | "
+                     f"{statistics.median(x['peak_mb'] for x in v):,.0f} | "
+                     f"{statistics.median(x['above_mb'] for x in v):,.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

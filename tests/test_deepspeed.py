@@ -43,9 +43,11 @@ ZERO = {
     "3": {"zero_stage": 3},
     "3+offload": {"zero_stage": 3, "offload_optimizer": True},
     "3+teacher3": {"zero_stage": 3, "teacher_placement": "zero3"},
+    # the teacher's logits kept across PPO passes (owner-first deal, the sharded teacher's forwards in lockstep)
+    "3+teacher3+cache": {"zero_stage": 3, "teacher_placement": "zero3", "teacher_cache": True},
 }
 CASES = [("sft", "1"), ("sft", "2"), ("sft", "3+offload"), ("kd", "1"), ("kd", "2"), ("kd", "3"), ("seqkd", "2"),
-         ("minillm", "1"), ("minillm", "2"), ("minillm", "3+teacher3")]
+         ("minillm", "1"), ("minillm", "2"), ("minillm", "3+teacher3"), ("minillm", "3+teacher3+cache")]
 TOLERANCE = 1e-5  # float reassociation only: measured differences are below 1e-6 (fp32 on CPU)
 
 
@@ -68,7 +70,10 @@ def _config(method: str, out: Path, procs: int, zero: str | None) -> dict:
     if method == "minillm":
         cfg["minillm"]["rollout_batch_size"] = 16 // procs
     if zero is not None:
-        cfg["deepspeed"] = {"enabled": True, **ZERO[zero]}
+        engine = dict(ZERO[zero])
+        if engine.pop("teacher_cache", False):
+            cfg["minillm"]["teacher_cache"] = True
+        cfg["deepspeed"] = {"enabled": True, **engine}
     return cfg
 
 
@@ -110,8 +115,10 @@ def test_two_ranks_follow_the_single_process_trajectory(method, zero, runs):
     _, ref, ref_eval, _ = runs(method, None)
     out, got, evals, log = runs(method, zero)
     assert f"DeepSpeed ZeRO-{ZERO[zero]['zero_stage']}" in log and "on 2 process(es)" in log
-    if zero == "3+teacher3":
+    if zero.startswith("3+teacher3"):
         assert "(ZeRO-3 sharded)" in log
+    if zero.endswith("+cache"):  # kept rows were reused: the round's last step ran the teacher on fewer rows
+        assert got[4]["teacher_rows"] < 1.0
     assert sorted(got) == sorted(ref) == list(range(1, 7))
     for step in ref:
         assert got[step]["loss"] == pytest.approx(ref[step]["loss"], abs=TOLERANCE), (step, got[step])

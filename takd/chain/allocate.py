@@ -26,6 +26,7 @@ from takd.chain.resources import (
     has_dims,
     kv_cache_gb,
     per_gpu_gb,
+    teacher_cache_gb,
     working_gb,
 )
 from takd.chain.timing import (
@@ -35,6 +36,7 @@ from takd.chain.timing import (
     eval_hours,
     jobs_needed,
     stage_hours,
+    teacher_pass_share,
     time_limit_minutes,
 )
 from takd.config import ConfigError
@@ -112,6 +114,7 @@ def _assign_train(st: PlannedStage, cluster: ClusterProfile, pins: dict[str, str
                                    ds.teacher_placement if ds.enabled else "replicated", world,
                                    ds.enabled and ds.gather_for_generation, st.working_gb,
                                    ds.enabled and ds.offload_optimizer)
+    _teacher_cache(st, cluster, world, teacher)
     hw = hardware(cluster)
     if hw is not None and spec.params_m:
         st.est_hours = _hours(st, alloc, hw, cluster)
@@ -120,6 +123,26 @@ def _assign_train(st: PlannedStage, cluster: ClusterProfile, pins: dict[str, str
         if st.jobs > 1:
             st.notes.append(f"{st.name}: ~{st.est_hours:.0f} h, more than one {cluster.max_time_hours:g} h job: it "
                             f"runs as {st.jobs} jobs, each requeued at its time limit after a checkpoint")
+
+
+def _teacher_cache(st: PlannedStage, cluster: ClusterProfile, world: int, teacher) -> None:
+    """MiniLLM: keep the teacher's logits across the PPO passes when they fit beside the chosen allocation (the
+    plan says so either way); a value set in the profile or with --set is kept (its memory counted)."""
+    cfg = st.config
+    vocab = teacher.arch.get("vocab_size") if teacher is not None else None
+    if cfg.method != "minillm" or not cfg.minillm.single_step or not cluster.gpus_per_node or not vocab:
+        return
+    mc = cfg.minillm
+    gb = teacher_cache_gb(mc.num_rollouts, world, cfg.max_new_tokens, vocab, cfg.dtype)
+    if mc.teacher_cache is None:
+        mc.teacher_cache = st.mem_per_gpu_gb + gb <= HEADROOM * cluster.gpu_mem_gb
+        share = teacher_pass_share(mc.ppo_epochs, cfg.micro_batch_size, world)
+        kept = f"kept across the {mc.ppo_epochs} PPO passes (+{gb:.1f} GB/GPU; the teacher's PPO forwards drop to " \
+               f"{share:.0%})" if mc.teacher_cache else f"not kept across the PPO passes ({gb:.1f} GB/GPU does not fit)"
+        st.notes.append(f"{st.name}: the teacher's logits are {kept}")
+    if mc.teacher_cache:
+        st.working_gb += gb
+        st.mem_per_gpu_gb += gb
 
 
 def _candidates(st: PlannedStage, sizes: Sizes, cluster: ClusterProfile,

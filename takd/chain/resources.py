@@ -43,6 +43,13 @@ GB = 1e9
 HEADROOM = 0.9  # of a GPU's memory the estimate may fill (the rest: allocator and estimate error)
 
 
+def teacher_cache_gb(num_rollouts: int, world: int, max_new_tokens: int, vocab: int, dtype: str) -> float:
+    """`minillm.teacher_cache` per GPU: every sample a rank owns (⌈rollouts / GPUs⌉) at full response length × V
+    logits in the compute dtype (2 B in bf16/fp16, 4 B in float32), alive for the whole round."""
+    owned = -(-num_rollouts // world)
+    return owned * max_new_tokens * vocab * (4 if dtype == "float32" else 2) / GB
+
+
 def activations_gb(spec: ModelSpec, batch: int, tokens: int, checkpointing: bool) -> float:
     """What one forward keeps for the backward pass: all layers' activations, or with checkpointing each layer's
     input plus one layer's activations during its recomputation."""

@@ -10,7 +10,9 @@ Stated assumptions (the estimate's error is theirs):
   token, over NVLink within a node and over the interconnect (the node's bandwidth shared by its GPUs) across nodes.
 - MiniLLM: ⌈steps × batch_size / (num_rollouts × ppo_epochs)⌉ rounds, each decoding num_rollouts / processes prompts
   per process in calls of rollout_batch_size (plus one logging call), and with half-precision compute rescoring
-  every rollout with fresh student and teacher forwards; validation samples eval_prompts responses every
+  every rollout with fresh student and teacher forwards; the single-step term's teacher forward runs on every
+  PPO micro-batch, or with `minillm.teacher_cache` on `teacher_pass_share` of them; validation samples
+  eval_prompts responses every
   eval_every_steps; SeqKD first samples one teacher response per training example.
 - A job spends 15 minutes starting, loading and writing its last checkpoint; the time limit asked is the estimate
   × 1.25 + that, clamped to the partition's maximum (a longer stage runs as several jobs, requeued at the limit
@@ -62,6 +64,17 @@ def decode_seconds_per_token(params: float, hw: Hardware, place: Placement, shar
     return read + 2 * params * (place.world - 1) / place.world / (link * 1e9)
 
 
+def teacher_pass_share(ppo_epochs: int, per_rank: int, world: int) -> float:
+    """With `minillm.teacher_cache`: the teacher's PPO-pass rows that still run the teacher, as a share of the
+    uncached ppo_epochs × rows. A rank keeps the rows it owns; a row runs the teacher unless it is dealt to its owner
+    after having been dealt there before. Each rank owns 1/world of a random global micro-batch and takes at most
+    per_rank of its own, so a row lands on its owner with probability q = E[min(K, per_rank)] / per_rank,
+    K ~ Binomial(per_rank·world, 1/world); pass e then runs it with probability 1 − q·(1 − (1 − q)^(e−1))."""
+    p, n = 1.0 / world, per_rank * world
+    q = sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) * min(k, per_rank) for k in range(n + 1)) / per_rank
+    return sum(1.0 - q * (1.0 - (1.0 - q) ** e) for e in range(ppo_epochs)) / ppo_epochs
+
+
 def train_seconds(flops: float, hw: Hardware, place: Placement) -> float:
     return flops / (place.world * hw.peak_tflops * 1e12 * MFU)
 
@@ -80,7 +93,9 @@ def stage_hours(cfg, student_params: float, teacher_params: float, hw: Hardware,
     if cfg.method == "minillm":
         mc = cfg.minillm
         pt = cfg.batch_size * mc.pt_chunk_tokens if mc.pt_loss != "none" else 0
-        flops = per_token * (cfg.batch_size * seq + pt) + 2 * teacher_params * (cfg.batch_size * seq + pt)
+        share = teacher_pass_share(mc.ppo_epochs, cfg.micro_batch_size, place.world) if mc.teacher_cache else 1.0
+        teacher_rows = cfg.batch_size * seq * share if mc.single_step else 0.0
+        flops = per_token * (cfg.batch_size * seq + pt) + 2 * teacher_params * (teacher_rows + pt)
         rounds = math.ceil(steps * cfg.batch_size / (mc.num_rollouts * mc.ppo_epochs))
         if cfg.dtype != "float32" or mc.rescore:  # fresh forwards of both models over every rollout
             flops += 2 * (student_params + teacher_params) * mc.num_rollouts * seq * rounds / steps

@@ -120,6 +120,10 @@ class MiniLLMConfig:
     # false: the sampled tokens' log-probs come from the sampler's own per-step distributions (same values up to
     # float rounding, tested); true: the reference's fresh student and teacher forwards after sampling
     rescore: bool = False
+    # keep the teacher's response logits of a round across its PPO passes: the teacher runs once per sample per
+    # round instead of ppo_epochs times (exact; teacher_cache.py). null: the planner decides by the memory estimate
+    # (a stage run by hand: off)
+    teacher_cache: bool | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from takd.sampling import collate_sequences, pad_right
+from takd.train.minillm.teacher_cache import owner_first_deal
 
 
 @dataclass
@@ -42,6 +43,8 @@ def collate_rollouts(samples: list[Sample], pad_id: int) -> dict[str, torch.Tens
         "logq_old": pad_right([s.logq_old for s in samples], 0.0, torch.float32),
         "weights": pad_right([s.weights for s in samples], 1.0, torch.float32),
         "rewards": pad_right([s.rewards for s in samples], 0.0, torch.float32),
+        "positions": torch.tensor([s.position for s in samples]),
+        "lengths": torch.tensor([len(s.response_ids) for s in samples]),
     }
     if any(s.valid is not None for s in samples):
         valid = [s.valid if s.valid is not None else [True] * len(s.response_ids) for s in samples]
@@ -64,9 +67,11 @@ class RolloutBuffer:
     round: int = 0  # rollout collections so far
 
     def next_micro_batch(self, per_rank: int, world: int, rank: int,
-                         collect: Callable[[int], list[Sample]]) -> list[Sample]:
+                         collect: Callable[[int], list[Sample]], owner_first: bool = False) -> list[Sample]:
         """This rank's `per_rank` samples of the next global micro-batch (per_rank × world samples). When the
-        buffer is spent, `collect(round)` draws the next round's samples (every rank gets the same list)."""
+        buffer is spent, `collect(round)` draws the next round's samples (every rank gets the same list).
+        owner_first (the teacher cache): the same global micro-batch, dealt so each rank takes its own samples
+        (buffer index mod world) first."""
         global_size = per_rank * world
         if len(self.pass_order) < global_size:
             if self.passes_left <= 0:
@@ -79,7 +84,9 @@ class RolloutBuffer:
             self.pass_order = order[: len(order) - len(order) % global_size]  # drop_last
             self.passes_left -= 1
         idx, self.pass_order = self.pass_order[:global_size], self.pass_order[global_size:]
-        return [self.samples[i] for i in idx[rank * per_rank: (rank + 1) * per_rank]]
+        mine = owner_first_deal(idx, per_rank, world)[rank] if owner_first else \
+            idx[rank * per_rank: (rank + 1) * per_rank]
+        return [self.samples[i] for i in mine]
 
     def state_dict(self) -> dict[str, Any]:
         return {"samples": [asdict(x) for x in self.samples], "pass_order": self.pass_order,

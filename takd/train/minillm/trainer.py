@@ -34,6 +34,7 @@ from takd.train.loop import Trainer
 from takd.train.minillm import objective as M
 from takd.train.minillm.buffer import RolloutBuffer, collate_rollouts
 from takd.train.minillm.rollouts import RolloutCollector
+from takd.train.minillm.teacher_cache import TeacherLogitCache
 
 
 class MiniLLMTrainer(Trainer):
@@ -54,6 +55,11 @@ class MiniLLMTrainer(Trainer):
         self.collector = RolloutCollector(cfg, self.student, self.teacher, self.tokenizer, self.backend,
                                           self.train_examples)
         self.rollout_stats: dict[str, float] = {}
+        ds = cfg.deepspeed
+        self.teacher_cache = TeacherLogitCache(
+            self.rank, self.world, ds.enabled and ds.teacher_placement == "zero3",
+            lambda missing: dist.all_reduce_sum([float(missing)])[0] > 0) \
+            if cfg.minillm.teacher_cache and cfg.minillm.single_step else None
         self.corpus = self.load_corpus() if cfg.minillm.pt_loss != "none" else None
         self.pt_sampler = EpochSampler(len(self.corpus), seed=cfg.seed + 2) if self.corpus is not None else None
 
@@ -88,7 +94,8 @@ class MiniLLMTrainer(Trainer):
 
     def micro_batches(self):
         m = self.cfg.micro_batch_size
-        return [collate_rollouts(self.buffer.next_micro_batch(m, self.world, self.rank, self.collect),
+        return [collate_rollouts(self.buffer.next_micro_batch(m, self.world, self.rank, self.collect,
+                                                              owner_first=self.teacher_cache is not None),
                                  self.tokenizer.pad_token_id) for _ in range(self.backend.accum)]
 
     def micro_weight(self, batch) -> float:
@@ -102,7 +109,7 @@ class MiniLLMTrainer(Trainer):
         t_logits = None
         if mc.single_step:
             with torch.no_grad():
-                t_logits = response_logits(self.teacher, batch)
+                t_logits = self.teacher_logits(batch)
         # one log-softmax per chunk of positions, two uses: the policy ratio and the single-step term; with a
         # sampling filter both on the student's rollout-time kept set (reference §2b), dropped positions masked out
         logq_all, single_step = M.policy_token_terms(s_logits, t_logits, tokens, temperature, kept)
@@ -126,7 +133,22 @@ class MiniLLMTrainer(Trainer):
             loss = loss + mc.lm_coef * terms["pt"]
         terms["loss"] = loss
         terms.update({k: torch.tensor(v) for k, v in self.rollout_stats.items()})
+        if self.teacher_cache is not None:  # the share of this round's teacher rows that ran the teacher
+            terms["teacher_rows"] = torch.tensor(self.teacher_cache.computed / max(self.teacher_cache.requested, 1))
         return terms
+
+    def teacher_logits(self, batch) -> torch.Tensor:
+        """The teacher's response logits of a micro-batch: a forward, or with the teacher cache the round's kept
+        rows and a forward on the others only."""
+        if self.teacher_cache is None:
+            return response_logits(self.teacher, batch)
+        self.teacher_cache.start_round(self.buffer.round)
+
+        def forward(rows: list[int]) -> torch.Tensor:
+            return response_logits(self.teacher, {k: batch[k][rows] for k in ("input_ids", "attention_mask",
+                                                                             "response_ids")})
+
+        return self.teacher_cache.logits(batch["positions"].tolist(), batch["lengths"].tolist(), forward)
 
     def pt_term(self) -> torch.Tensor:
         mc = self.cfg.minillm
