@@ -5,6 +5,17 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
+def arguments(doc: str, *extra: tuple[str, dict]):
+    """A benchmark's command line: its docstring as help, `--no-record` (print only), and its own options."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    for flag, kw in extra:
+        ap.add_argument(flag, **kw)
+    return ap.parse_args()
+
+
 def record(block: str, write: bool = True) -> None:
     print(block)
     if write:

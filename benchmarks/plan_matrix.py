@@ -11,12 +11,11 @@ no GPU, no download. Appends the table to benchmarks/RESULTS.md unless --no-reco
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import subprocess
 from pathlib import Path
 
-from _results import record
+from _results import arguments, record
 
 from takd.chain.allocate import assign_resources
 from takd.chain.plan import _zero_label, build_plan
@@ -49,9 +48,7 @@ def row(teacher: str, student: str, cluster_name: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--no-record", action="store_true")
-    args = ap.parse_args()
+    args = arguments(__doc__)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout
     lines = [f"\n## Every paper setting on every cluster profile — {dt.date.today()}, commit {git.strip()}",
              "Command: `python benchmarks/plan_matrix.py`. The MiniLLM stage of `--chain teacher,student` with the "

@@ -12,14 +12,13 @@ difference of any logged loss term between the two runs (float32: the cache is e
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _results import record, table_block
+from _results import arguments, record, table_block
 from vs_trl import SIZES, gpt2_tokenizer, make_model, word_tokenizer
 
 STEPS_PER_ROUND = 16  # 16 rollouts × 4 passes / 4 per step
@@ -57,10 +56,7 @@ def run(student: Path, teacher: Path, work: Path, cached: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-record", action="store_true")
-    args = ap.parse_args()
+    args = arguments(__doc__, ("--repeats", {"type": int, "default": 3}))
     torch.set_num_threads(2)
     from takd.models.loading import quiet_transformers
 

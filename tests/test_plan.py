@@ -395,3 +395,23 @@ def test_the_time_estimate_hand_case():
     # node's 25 GB/s shared by 4 GPUs
     assert decode_seconds_per_token(1e9, hw, Placement(2, 4), sharded=True) == pytest.approx(
         2e9 / 1.2e12 + 2e9 * 7 / 8 / 6.25e9)
+
+
+def test_train_seeds_replicate_the_distillation_stages_from_one_teacher_and_init(tmp_path, capsys):
+    from takd.chain import cli
+
+    args = cli.parser().parse_args(["--chain", "tiny-l,tiny-m,tiny-s", "--train-seeds", "1,2", "--baselines", "kd",
+                                    "--run-dir", str(tmp_path / "r")])
+    _, stages, _ = cli.prepare_run(args)
+    by = {s.name: s for s in stages}
+    assert {"sft-tiny-l", "init-tiny-m", "init-tiny-s"} <= set(by) and "sft-tiny-l-seed1" not in by
+    for k in (1, 2):
+        via = by[f"minillm-tiny-m-to-tiny-s-seed{k}"]
+        assert via.config.seed == k and via.depends_on == [f"minillm-tiny-l-to-tiny-m-seed{k}", "init-tiny-s"]
+        assert by[f"minillm-tiny-l-to-tiny-s-seed{k}"].config.seed == k
+        assert by[f"baseline-kd-tiny-s-seed{k}"].config.seed == k
+        assert by[f"eval-minillm-tiny-l-to-tiny-s-seed{k}"].config.meta["train_seed"] == str(k)
+    assert "train_seed" not in by["eval-init-tiny-s"].config.meta
+    for bad in ("1,1", "a,2", "-1"):
+        with pytest.raises(cli.ConfigError, match="--train-seeds"):
+            cli.prepare_run(cli.parser().parse_args(["--chain", "tiny-l,tiny-s", f"--train-seeds={bad}"]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -34,6 +33,9 @@ def test_results_rows_and_direct_vs_ta(fast_chain_run):
     by_seed = rl.pivot_table(index="seed", columns="label", values="value")
     assert d.iloc[0]["delta"] == pytest.approx((by_seed["via-ta"] - by_seed["direct"]).mean())
     assert d.iloc[0]["seeds"] == 2
+    # the same run passed twice (here also by another path) counts its seeds once: the same intervals
+    twice = summary(collect([run, Path(run).parent / ".." / Path(run).parent.name / Path(run).name]))
+    assert twice.equals(summary(df)) and set(twice["seeds"]) == {2}
 
 
 def test_report_tables_and_figures(fast_chain_run, tmp_path):
@@ -55,22 +57,30 @@ def test_report_tables_and_figures(fast_chain_run, tmp_path):
     assert report_main([str(tmp_path)]) == 2  # not a run directory
 
 
-def test_notebook_executes_headless_and_matches_takd_results(fast_chain_run, tmp_path):
+def test_notebook_executes_from_analysis_with_inline_figures_and_matches_takd_results(fast_chain_run, tmp_path,
+                                                                                       monkeypatch):
+    """Opened from analysis/ as a researcher would: it finds the newest run under $TAKD_RUNS, shows its figures
+    inline (the report's own plotting functions), and its tables equal takd.report's."""
     run, _, _ = fast_chain_run
     nb = nbformat.read(REPO / "analysis" / "direct_vs_ta.ipynb", as_version=4)
     out = tmp_path / "nb"
-    os.environ["TAKD_ANALYSIS_RUNS"], os.environ["TAKD_ANALYSIS_OUT"] = str(run), str(out)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    finally:
-        del os.environ["TAKD_ANALYSIS_RUNS"], os.environ["TAKD_ANALYSIS_OUT"]
-    for png in ["rouge_l.png", "curves.png"]:
+    monkeypatch.setenv("TAKD_RUNS", str(run.parent))
+    monkeypatch.setenv("TAKD_ANALYSIS_OUT", str(out))
+    monkeypatch.delenv("TAKD_ANALYSIS_RUNS", raising=False)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "analysis")}}).execute()
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 3
+    for png in ["rouge_l.png", "curve_loss.png", "curve_val_rev_kl.png"]:
         _assert_real_png(out / png)
     got = pd.read_csv(out / "summary.csv")
     want = summary(collect([run]))
     assert got["mean"].tolist() == pytest.approx(want["mean"].tolist())
     got_d = pd.read_csv(out / "direct_vs_ta.csv")
     assert got_d["delta"].tolist() == pytest.approx(direct_vs_ta(collect([run]))["delta"].tolist())
+    last = nb.cells[-1]["outputs"][-1]["data"]["text/html"]  # the generations browser: answers side by side
+    assert "<table" in last and "instruction" in last and "via-ta" in last and "direct" in last
 
 
 def test_paired_notebook_files_are_in_sync():
@@ -126,3 +136,32 @@ def test_rouge_l_per_task_and_reference_length_bucket_from_the_generations(tmp_p
     assert tasks["colour"] == pytest.approx(50.0) and tasks["reverse"] == pytest.approx(100.0)  # rouge ×100
     buckets = by_item_group(items, "bucket")
     assert list(buckets.columns)[-2:] == ["[0,5]", "[11,∞)"] and buckets.iloc[0]["[0,5]"] == pytest.approx(50.0)
+
+
+def test_training_seed_replicates_are_pooled_and_paired_by_both_seeds(tmp_path):
+    """Two training seeds of MiniLLM direct (stages -seed1, -seed2) against one init, three sampling seeds:
+    direct − init is 3 at training seed 1 and 4 at seed 2 at every sampling seed, so the pooled difference is 3.5
+    over 6 pairs; the replicates are one model in the summary (mean over 6 values, 2 training seeds)."""
+    from takd.report.collect import method_comparison
+
+    run = tmp_path / "run"
+    rows = []
+    for s in (10, 20, 30):
+        rows.append({"stage": "init-tiny-s", "label": "init", "train_seed": None, "seed": s, "value": 10 + s / 10})
+        for k in (1, 2):
+            rows.append({"stage": f"minillm-tiny-l-to-tiny-s-seed{k}", "label": "direct", "train_seed": k, "seed": s,
+                         "value": 12 + k + s / 10})
+    for stage in {r["stage"] for r in rows}:
+        d = run / "stages" / f"eval-{stage}"
+        d.mkdir(parents=True)
+        mine = [{**r, "model": "tiny-s", "method": "minillm", "teacher": "", "dataset": "builtin",
+                 "metric": "rouge_l"} for r in rows if r["stage"] == stage]
+        pd.DataFrame(mine).to_csv(d / "results.csv", index=False)
+    df = collect([run, run])  # given twice: counted once
+    c = method_comparison(df)
+    row = c[(c["student"] == "direct") & (c["against"] == "init")].iloc[0]
+    assert row["delta"] == pytest.approx(3.5) and row["seeds"] == 6 and row["verdict"] == "better"
+    s = summary(df).set_index("label")
+    assert s.loc["direct", "stage"] == "minillm-tiny-l-to-tiny-s" and s.loc["direct", "mean"] == pytest.approx(15.5)
+    assert (s.loc["direct", "seeds"], s.loc["direct", "train_seeds"]) == (6, 2)
+    assert (s.loc["init", "seeds"], s.loc["init", "train_seeds"]) == (3, 1)

@@ -43,6 +43,7 @@ from takd.chain.plan import (
     check_positions,
     check_prompt_formats,
     check_teacher_path,
+    check_trackers,
     plan_table,
     read_plan,
     substitute_released,
@@ -72,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
                     "(a chain may also name them: paper-teacher-gpt2-1.5b,paper-init-gpt2-120m)")
     ap.add_argument("--profile", default=None, help="chain profile: a YAML path or a packaged name (tiny, default, "
                     "smollm2-cpu); default: tiny for tiny models, else default")
+    ap.add_argument("--train-seeds", default="", metavar="K,K,...",
+                    help="training seeds: the distillation and baseline stages are planned once per seed (from the "
+                         "same teacher and inits, named <stage>-seed<k>); the report pools the replicates")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a stage config key for every training stage that has it, e.g. --set "
                          "max_steps=100 or --set minillm.gamma=1")
@@ -102,6 +106,20 @@ def resolve_account(args, cluster: ClusterProfile) -> str | None:
         raise ConfigError(f"Slurm account {str(account)!r} is not an account name (letters, digits, _ . - only), "
                           "e.g. --account def-yourpi")
     return account
+
+
+def train_seeds(text: str) -> list[int] | None:
+    """--train-seeds 1,2,3: distinct non-negative integers (None: the profile's seed only)."""
+    if not text.strip():
+        return None
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--train-seeds {text!r}: give integers separated by commas, e.g. --train-seeds 1,2,3") \
+            from None
+    if any(k < 0 for k in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--train-seeds {text!r}: seeds must be distinct and >= 0")
+    return seeds
 
 
 def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
@@ -156,7 +174,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
         check_teacher_path(args.teacher_path, chain[-1])
     stages = build_plan(chain, run_dir=run_dir.resolve(), profile=profile, method=args.method,
                         direct=not args.no_direct, baselines=baselines, teacher_path=args.teacher_path, tas=tas,
-                        overrides=args.overrides, evaluate=not args.no_eval)
+                        overrides=args.overrides, evaluate=not args.no_eval, train_seeds=train_seeds(args.train_seeds))
     try:
         check_corpora(stages)
     except ConfigError as err:
@@ -165,6 +183,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
         print(f"warning: {err}", file=sys.stderr)
     check_positions(stages)
     check_prompt_formats(stages)
+    check_trackers(stages)
     assign_resources(stages, cluster)
     meta = {"chain": chain, "tas": tas, "profile": str(profile_path), "cluster": cluster.name, "account": account,
             "executor": args.executor, "git": git_revision(),

@@ -115,6 +115,16 @@ def check_prompt_formats(stages: list[PlannedStage]) -> None:
                                   "template; use prompt_format: alpaca (the reference's template)")
 
 
+def check_trackers(stages: list[PlannedStage]) -> None:
+    """A stage that logs to W&B (offline) needs the optional wandb package where jobs run: said before submitting."""
+    from takd.train.trackers import wandb_available
+
+    asking = [st.name for st in stages if st.kind == "train" and st.config.wandb]
+    if asking and not wandb_available():
+        raise ConfigError(f"stage {asking[0]} logs to W&B (wandb: true) but the wandb package is not installed: "
+                          "pip install wandb (or pip install takd[wandb]), or set wandb: false")
+
+
 def check_teacher_path(path: str, student: str) -> None:
     """--teacher-path: a complete model directory, with the chain's vocabulary, larger than the student."""
     d = Path(path)
@@ -187,9 +197,11 @@ class _Overrides:
 
 def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method: str | None = None,
                direct: bool = True, baselines: tuple[str, ...] = (), teacher_path: str | None = None,
-               tas: list[str] | None = None, overrides: list[str] | None = None, evaluate: bool = True
-               ) -> list[PlannedStage]:
-    """The stage DAG (topologically ordered) for one chain, or one chain per TA when `tas` is given."""
+               tas: list[str] | None = None, overrides: list[str] | None = None, evaluate: bool = True,
+               train_seeds: list[int] | None = None) -> list[PlannedStage]:
+    """The stage DAG (topologically ordered) for one chain, or one chain per TA when `tas` is given. With several
+    `train_seeds` the distillation and baseline stages are planned once per training seed (`<stage>-seed<k>`, from
+    the same teacher and inits); the report pools the replicates."""
     method = method or profile.method
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
@@ -199,8 +211,13 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
     init_teacher: dict[str, str] = {}  # init stage -> the chain's teacher (stage or --teacher-path)
     given: dict[str, tuple[str, str]] = {}  # models evaluated but not trained here -> (label, eval stage)
     chain_teacher: dict[str, str] = {}  # student -> the chain's teacher (stage or model)
+    seeds: list[int | None] = list(train_seeds or [None])
+    replicate: dict[str, int] = {}  # stage -> its training seed, when several are planned
 
-    def train(role, meth, name, model, student_init, teacher_stage_or_path, deps, label):
+    def train(role, meth, name, model, student_init, teacher_stage_or_path, deps, label, seed=None):
+        if seed is not None and len(seeds) > 1:
+            name += f"-seed{seed}"
+            replicate[name] = seed
         if name in stages:
             return
         if teacher_stage_or_path in stages:  # a stage of this plan: its final/ directory, its model's size
@@ -211,10 +228,39 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
             teacher_model = registry.base_model_name(teacher) if teacher else ""
         init = str(final_dir(run_dir, student_init)) if student_init in stages else student_init
         texts, pins = sets.select(meth)
+        texts = texts + ([f"seed={seed}"] if seed is not None else [])
         pins = {**{f"deepspeed.{k}": "profile" for k in profile.section(role, model).get("deepspeed", {})}, **pins}
         cfg = profile_stage(profile, role, meth, model, texts, name=name, student=init, teacher=teacher,
                             output_dir=str(stage_dir(run_dir, name)))  # validated now, before anything is submitted
         stages[name] = PlannedStage(name, role, model, deps, cfg, label, teacher_model=teacher_model, pinned=pins)
+
+    def distil(ch, specs, teacher_stage, seed):
+        """The chain's distillation stages from its teacher (and its baselines), for one training seed."""
+        t, s = ch[0], ch[-1]
+        prev = teacher_stage
+        suffix = f"-seed{seed}" if seed is not None and len(seeds) > 1 else ""
+        for i, (m, spec) in enumerate(zip(ch[1:], specs[1:], strict=True), start=1):
+            if spec.role not in ("", "init"):  # a released finished model as an assistant: it teaches as it is
+                if i == len(ch) - 1:
+                    raise ConfigError(f"{m} is already a finished {spec.role} model; as the student give its init "
+                                      f"({_release_hint(spec.base, 'init')}) or {spec.base}")
+                prev = m
+                given[m] = ("ta", f"eval-ta-{slug(m)}")
+                continue
+            init = _init_of(m, spec)
+            label = "ta" if i < len(ch) - 1 else ("via-ta" if len(ch) > 2 else "direct")
+            name = f"{method}-{slug(ch[i - 1])}-to-{slug(m)}"
+            train("distill", method, name, m, init, prev, [d for d in (prev, init) if d in stages], label, seed)
+            prev = name + suffix
+        s_init = _init_of(s, specs[-1])
+        if direct and len(ch) > 2:
+            train("distill", method, f"{method}-{slug(t)}-to-{slug(s)}", s, s_init, teacher_stage,
+                  [d for d in (teacher_stage, s_init) if d in stages], "direct", seed)
+        for b in baselines:  # from the student's base model, as the paper's baselines are
+            deps = [teacher_stage] if b != "sft" and teacher_stage in stages else []
+            base = specs[-1].base or s
+            train("baseline", b, f"baseline-{b}-{slug(s)}", base, base, None if b == "sft" else teacher_stage, deps,
+                  f"baseline-{b}", seed)
 
     for ch in chains:
         specs = validate_chain(ch)
@@ -228,31 +274,10 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
             if not spec.role:
                 train("init", "sft", f"init-{slug(m)}", m, m, None, [], "init")
             init_teacher.setdefault(_init_of(m, spec), teacher_stage)  # what its evaluation compares it with
-        prev = teacher_stage
-        for i, (m, spec) in enumerate(zip(ch[1:], specs[1:], strict=True), start=1):
-            if spec.role not in ("", "init"):  # a released finished model as an assistant: it teaches as it is
-                if i == len(ch) - 1:
-                    raise ConfigError(f"{m} is already a finished {spec.role} model; as the student give its init "
-                                      f"({_release_hint(spec.base, 'init')}) or {spec.base}")
-                prev = m
-                given[m] = ("ta", f"eval-ta-{slug(m)}")
-                continue
-            init = _init_of(m, spec)
-            label = "ta" if i < len(ch) - 1 else ("via-ta" if len(ch) > 2 else "direct")
-            name = f"{method}-{slug(ch[i - 1])}-to-{slug(m)}"
-            train("distill", method, name, m, init, prev, [d for d in (prev, init) if d in stages], label)
-            prev = name
-        s_init = _init_of(s, specs[-1])
+        for seed in seeds:
+            distil(ch, specs, teacher_stage, seed)
         if specs[-1].role == "init":
-            given[s] = ("init", f"eval-init-{slug(s)}")
-        if direct and len(ch) > 2:
-            train("distill", method, f"{method}-{slug(t)}-to-{slug(s)}", s, s_init, teacher_stage,
-                  [d for d in (teacher_stage, s_init) if d in stages], "direct")
-        for b in baselines:  # from the student's base model, as the paper's baselines are
-            deps = [teacher_stage] if b != "sft" and teacher_stage in stages else []
-            base = specs[-1].base or s
-            train("baseline", b, f"baseline-{b}-{slug(s)}", base, base, None if b == "sft" else teacher_stage, deps,
-                  f"baseline-{b}")
+            given[ch[-1]] = ("init", f"eval-init-{slug(ch[-1])}")
         if ready_teacher:
             given[ready_teacher] = ("teacher", "eval-teacher")
         chain_teacher[s] = teacher_stage
@@ -263,7 +288,7 @@ def build_plan(chain: list[str], *, run_dir: Path, profile: ChainProfile, method
     students = {ch[-1] for ch in chains}
     for st in [x for x in stages.values() if evaluate]:
         if st.role != "init" or st.model in students:  # the student's SFT init shows what distillation adds
-            ev = _eval_stage(st, profile.eval, run_dir, init_teacher.get(st.name), stages)
+            ev = _eval_stage(st, profile.eval, run_dir, init_teacher.get(st.name), stages, replicate.get(st.name))
             stages[ev.name] = ev
     trained = next((x for x in stages.values() if x.kind == "train"), None)
     fmt = trained.config.prompt_format if trained else profile.eval.prompt_format  # one format per chain
@@ -335,7 +360,7 @@ def _given_eval(model: str, name: str, label: str, settings: EvalSettings, run_d
 
 
 def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path, chain_teacher: str | None,
-                stages: dict[str, PlannedStage]) -> PlannedStage:
+                stages: dict[str, PlannedStage], train_seed: int | None = None) -> PlannedStage:
     """A trained stage's evaluation, against its own teacher (exposure bias, reverse KL); a student's SFT init is
     compared with the chain's teacher, so that the report shows what distillation changed."""
     name = f"eval-{st.name}"
@@ -349,7 +374,8 @@ def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path, chain_t
                      "prompt_format": st.config.prompt_format},
                   model=str(final_dir(run_dir, st.name)), output_dir=str(stage_dir(run_dir, name)),
                   teacher=teacher or None, meta={"stage": st.name, "model": st.model, "method": st.config.method,
-                                                 "label": st.label, "teacher": teacher})
+                                                 "label": st.label, "teacher": teacher,
+                                                 **({"train_seed": str(train_seed)} if train_seed is not None else {})})
     return PlannedStage(name, "eval", st.model, deps, job, st.label)
 
 

@@ -25,7 +25,9 @@ from takd.report.collect import (  # noqa: E402
     direct_vs_ta,
     item_scores,
     method_comparison,
+    replicate_of,
     summary,
+    unique_runs,
 )
 from takd.report.paper import FIGURE6_SOURCE, exposure_by_length, figure6, replication  # noqa: E402
 from takd.report.paper import SOURCE as PAPER_SOURCE  # noqa: E402
@@ -85,7 +87,8 @@ def plot_curves(curves: pd.DataFrame, metric: str, kind: str, path: Path, title:
 
 def ta_size_curve(df: pd.DataFrame, path: Path) -> Path | None:
     """Student Rouge-L against the TA used (one point per via-TA stage), when there are several TAs."""
-    via = df[(df["metric"] == "rouge_l") & (df["label"] == "via-ta")]
+    via = df[(df["metric"] == "rouge_l") & (df["label"] == "via-ta")].assign(stage=lambda d: d["stage"].map(
+        replicate_of))
     if via["stage"].nunique() < 2:
         return None
     means = via.groupby("stage")["value"].mean()
@@ -106,6 +109,7 @@ def _md_table(df: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
 
 
 def build_report(run_dirs: list[Path], out: Path) -> Path:
+    run_dirs = unique_runs(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     df = collect(run_dirs)
     df.to_csv(out / "results.csv", index=False)
@@ -119,7 +123,7 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
                ""]
     if not s.empty:
         md += ["## Rouge-L (mean ± 95 % CI over sampling seeds)", "",
-               s[["run", "dataset", "label", "stage", "model", "mean", "ci95", "seeds"]], "",
+               s[["run", "dataset", "label", "stage", "model", "mean", "ci95", "seeds", "train_seeds"]], "",
                f"![Rouge-L]({plot_rouge(s, out / 'rouge_l.png').name})", ""]
     rep = replication(df)
     if not rep.empty:

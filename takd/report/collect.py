@@ -1,11 +1,17 @@
 """Collect evaluation rows from run directories into one tidy DataFrame, and summarise direct vs via-TA.
 
 Rows: run, chain, label (teacher | ta | init | via-ta | direct | baseline-<m>), stage, model, method, teacher,
-dataset, seed, metric, value. Interval: mean ± t-based 95 % half-width across seeds.
+dataset, train_seed, seed, metric, value. Interval: mean ± t-based 95 % half-width across seeds.
+
+Training seeds (`takd.plan --train-seeds`): the replicates of a stage (`<stage>-seed<k>`, train_seed k) are pooled:
+a model's mean and interval are over every (training seed, sampling seed) pair, and paired comparisons pair
+(training seed, sampling seed); a stage trained once (train_seed 0: the teacher, the inits) pairs with every
+replicate at the same sampling seed. Runs given twice count once.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -16,9 +22,14 @@ from takd.evaluate.metrics import mean_ci95
 LABEL_ORDER = ["teacher", "ta", "init", "via-ta", "direct", "baseline-sft", "baseline-kd", "baseline-seqkd"]
 
 
+def unique_runs(run_dirs: list[str | Path]) -> list[Path]:
+    """Each run once, in the order given: a run passed twice (or by two paths) must not count its seeds twice."""
+    return list(dict.fromkeys(Path(r).resolve() for r in run_dirs))
+
+
 def collect(run_dirs: list[str | Path]) -> pd.DataFrame:
     frames = []
-    for run in map(Path, run_dirs):
+    for run in unique_runs(run_dirs):
         plan = yaml.safe_load((run / "plan.yaml").read_text()) if (run / "plan.yaml").is_file() else {}
         for f in sorted((run / "stages").glob("eval-*/results.csv")):
             df = pd.read_csv(f)
@@ -26,18 +37,30 @@ def collect(run_dirs: list[str | Path]) -> pd.DataFrame:
             df.insert(1, "chain", ",".join(plan.get("chain", [])))
             frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=["run", "chain", "label", "stage", "model", "method", "dataset", "seed", "metric",
-                                     "value"])
-    return pd.concat(frames, ignore_index=True)
+        return pd.DataFrame(columns=["run", "chain", "label", "stage", "model", "method", "dataset", "train_seed",
+                                     "seed", "metric", "value"])
+    df = pd.concat(frames, ignore_index=True)
+    df["train_seed"] = (df["train_seed"] if "train_seed" in df else pd.Series(0, index=df.index)).fillna(0).astype(int)
+    return df
+
+
+def replicate_of(stage: str) -> str:
+    """The stage a training-seed replicate belongs to: `minillm-a-to-b-seed2` -> `minillm-a-to-b`."""
+    return re.sub(r"-seed\d+$", "", str(stage))
 
 
 def summary(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
-    """Mean and 95 % half-width over seeds per (run, label, stage, model, dataset)."""
+    """Mean and 95 % half-width per (run, label, stage, model, dataset), over its seeds: sampling seeds, and the
+    training seeds of its replicates pooled (`seeds` counts the pairs, `train_seeds` the replicates)."""
     rows = []
     keys = ["run", "label", "stage", "model", "dataset"]
-    for key, grp in df[df["metric"] == metric].groupby(keys, sort=False):
-        mean, ci = mean_ci95(grp.sort_values("seed")["value"].tolist())
-        rows.append({**dict(zip(keys, key, strict=True)), "mean": mean, "ci95": ci, "seeds": len(grp)})
+    sel = df[df["metric"] == metric].assign(stage=lambda d: d["stage"].map(replicate_of))
+    if "train_seed" not in sel:
+        sel = sel.assign(train_seed=0)
+    for key, grp in sel.groupby(keys, sort=False):
+        mean, ci = mean_ci95(grp.sort_values(["train_seed", "seed"])["value"].tolist())
+        rows.append({**dict(zip(keys, key, strict=True)), "mean": mean, "ci95": ci, "seeds": len(grp),
+                     "train_seeds": grp["train_seed"].nunique()})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -46,6 +69,19 @@ def summary(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
 
 
 STUDENT_METHODS = ["via-ta", "direct", "baseline-sft", "baseline-kd", "baseline-seqkd"]
+
+
+def paired_table(grp: pd.DataFrame) -> pd.DataFrame:
+    """Values by (train_seed, seed) × label. A label trained once (train_seed 0) is repeated for every training seed
+    of the replicated labels, so each replicate pairs with it at the same sampling seed."""
+    if "train_seed" not in grp:
+        grp = grp.assign(train_seed=0)
+    shared = grp[grp["train_seed"] == 0].pivot_table(index="seed", columns="label", values="value")
+    replicated = grp[grp["train_seed"] != 0]
+    if replicated.empty:
+        return shared
+    wide = replicated.pivot_table(index=["train_seed", "seed"], columns="label", values="value")
+    return wide.join(shared.drop(columns=[c for c in shared.columns if c in wide.columns]), on="seed")
 
 
 def paired_delta(wide: pd.DataFrame, a: str, b: str) -> tuple[float, float, int]:
@@ -69,7 +105,7 @@ def direct_vs_ta(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
     rows = []
     sel = df[(df["metric"] == metric) & df["label"].isin(["via-ta", "direct"])]
     for (run, ds), grp in sel.groupby(["run", "dataset"]):
-        wide = grp.pivot_table(index="seed", columns="label", values="value")
+        wide = paired_table(grp)
         if {"via-ta", "direct"} <= set(wide.columns):
             mean, ci, n = paired_delta(wide, "via-ta", "direct")
             rows.append({"run": run, "dataset": ds, "via_ta": wide["via-ta"].mean(), "direct": wide["direct"].mean(),
@@ -84,7 +120,7 @@ def method_comparison(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame
     rows = []
     sel = df[(df["metric"] == metric) & df["label"].isin(["init", *STUDENT_METHODS])]
     for (run, ds), grp in sel.groupby(["run", "dataset"], sort=False):
-        wide = grp.pivot_table(index="seed", columns="label", values="value")
+        wide = paired_table(grp)
         for student in [m for m in STUDENT_METHODS if m in wide.columns]:
             for against in [r for r in ("init", "direct") if r in wide.columns and r != student]:
                 mean, ci, n = paired_delta(wide, student, against)
@@ -103,25 +139,55 @@ def length_bucket(reference: str) -> str:
     return next(name for lo, hi, name in LENGTH_BUCKETS if lo <= n <= hi)
 
 
-def item_scores(run_dirs: list[str | Path]) -> pd.DataFrame:
-    """One row per generated answer, from each evaluation's `<dataset>.gen.jsonl`: run, label, stage, dataset,
-    seed, task (the row's `task`, else "all"), reference-length bucket and its Rouge-L."""
-    from takd.data.rows import read_jsonl, references
-    from takd.evaluate.metrics import rouge_l
+def _generated(run_dirs: list[str | Path]):
+    """(run name, eval meta row, dataset, one generation record) for every `<dataset>.gen.jsonl` of the runs."""
+    from takd.data.rows import read_jsonl
 
-    rows = []
-    for run in map(Path, run_dirs):
+    for run in unique_runs(run_dirs):
         for results in sorted((run / "stages").glob("eval-*/results.csv")):
             meta = pd.read_csv(results, nrows=1).iloc[0]
             for gen_file in sorted(results.parent.glob("*.gen.jsonl")):
                 for g in read_jsonl(gen_file):
-                    refs = references(g["prompt_row"])
-                    rows.append({"run": run.name, "label": meta.get("label", ""), "stage": meta.get("stage", ""),
-                                 "dataset": gen_file.name.removesuffix(".gen.jsonl"), "seed": g["seed"],
-                                 "task": g["prompt_row"].get("task", "all"),
-                                 "bucket": length_bucket(max(refs, key=lambda r: len(r.split()))),
-                                 "rouge_l": rouge_l(g["generation"], refs)})
+                    yield run.name, meta, gen_file.name.removesuffix(".gen.jsonl"), g
+
+
+def item_scores(run_dirs: list[str | Path]) -> pd.DataFrame:
+    """One row per generated answer, from each evaluation's `<dataset>.gen.jsonl`: run, label, stage, dataset,
+    seed, task (the row's `task`, else "all"), reference-length bucket and its Rouge-L."""
+    from takd.data.rows import references
+    from takd.evaluate.metrics import rouge_l
+
+    rows = []
+    for run, meta, dataset, g in _generated(run_dirs):
+        refs = references(g["prompt_row"])
+        rows.append({"run": run, "label": meta.get("label", ""), "stage": meta.get("stage", ""), "dataset": dataset,
+                     "seed": g["seed"], "task": g["prompt_row"].get("task", "all"),
+                     "bucket": length_bucket(max(refs, key=lambda r: len(r.split()))),
+                     "rouge_l": rouge_l(g["generation"], refs)})
     return pd.DataFrame(rows)
+
+
+def generations(run_dirs: list[str | Path], seed: int | None = None) -> pd.DataFrame:
+    """The answers side by side: one row per (run, dataset, prompt) with its task, instruction, reference, and one
+    column per evaluated model (its label) holding that model's answer at one sampling seed (default: the first)."""
+    from takd.data.rows import references
+
+    rows = [{"run": run, "dataset": dataset, "task": g["prompt_row"].get("task", "all"),
+             "instruction": (g["prompt_row"].get("instruction") or g["prompt_row"].get("prompt", "")) +
+             (f"\n{g['prompt_row']['input']}" if g["prompt_row"].get("input") else ""),
+             "reference": references(g["prompt_row"])[0], "label": meta.get("label", ""), "seed": g["seed"],
+             "answer": g["generation"]} for run, meta, dataset, g in _generated(run_dirs)]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    df = df[df["seed"] == (df["seed"].min() if seed is None else seed)]
+    wide = df.pivot_table(index=["run", "dataset", "task", "instruction", "reference"], columns="label",
+                          values="answer", aggfunc="first", sort=False).reset_index()
+    wide.columns.name = None
+    order = [c for c in LABEL_ORDER if c in wide.columns]
+    return wide[["run", "dataset", "task", "instruction", "reference", *order,
+                 *[c for c in wide.columns if c not in order and c not in ("run", "dataset", "task", "instruction",
+                                                                         "reference")]]]
 
 
 def by_item_group(items: pd.DataFrame, column: str) -> pd.DataFrame:

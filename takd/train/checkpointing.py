@@ -138,7 +138,8 @@ def newest_loadable(root: Path, rank: int) -> Path | None:
     return ckpt.latest_checkpoint(root)
 
 
-FINGERPRINT_IGNORES = ("name", "output_dir", "keep_checkpoints", "log_every_steps", "tensorboard",
+FINGERPRINT_IGNORES = ("name", "output_dir", "keep_checkpoints", "log_every_steps", "tensorboard", "wandb",
+                       "wandb_project",
                        "save_every_steps", "eval_every_steps", "eval_prompts")
 
 

@@ -187,7 +187,11 @@ class StageConfig:
     select_by: Literal["rouge_l", "loss", "last"] = "rouge_l"
     log_every_steps: int = 10
     dtype: Dtype = "float32"
-    tensorboard: bool = True
+    tensorboard: bool = True  # TensorBoard under <stage>/tb
+    # Weights & Biases, offline under <stage>/wandb (jobs make no network call; `wandb sync` from a login node);
+    # needs the optional wandb package
+    wandb: bool = False
+    wandb_project: str = "takd"
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

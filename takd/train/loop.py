@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from takd import checkpoint as ckpt
+from takd import config as cfglib
 from takd import dist
 from takd.data.examples import EpochSampler, Example, collate_sft, encode_rows
 from takd.data.rows import load_rows
@@ -33,8 +34,9 @@ from takd.models.registry import base_model_name
 from takd.train.backend import create_backend
 from takd.train.checkpointing import Checkpointer, card_for, config_fingerprint, resumable, write_hf
 from takd.train.config import StageConfig, optimizer_steps
-from takd.train.metrics_log import MetricsLog, progress_bar
+from takd.train.metrics_log import MetricsLog, progress_bar, setup_line
 from takd.train.preemption import Preempted, PreemptionGuard
+from takd.train.trackers import open_trackers
 from takd.train.validation import BestKeeper, validation_generations, validation_loss
 
 
@@ -103,7 +105,8 @@ class Trainer:
         self.sampler = EpochSampler(len(self.train_examples), seed=cfg.seed)
         self.max_steps = optimizer_steps(cfg, len(self.train_examples))
         self.backend.prepare(self.student, self.max_steps)
-        self.metrics = MetricsLog(self.out, cfg.name, enabled=self.rank == 0, tensorboard=cfg.tensorboard)
+        self.metrics = MetricsLog(self.out, cfg.name, enabled=self.rank == 0, trackers=partial(
+            open_trackers, self.out, cfg.name, cfglib.to_dict(cfg), cfg.tensorboard, cfg.wandb, cfg.wandb_project))
         self.best = BestKeeper(cfg.select_by)
         self.checkpoints = Checkpointer(self.out, self.backend, keep=cfg.keep_checkpoints, export=partial(
             write_hf, self.student, self.tokenizer, base=base_model_name(cfg.student), stage=cfg.name,
@@ -121,20 +124,10 @@ class Trainer:
                            cfg.max_new_tokens, prompt_format=cfg.prompt_format)
 
     def log_setup(self) -> None:
-        if self.rank != 0:
-            return
-        cfg, b = self.cfg, self.backend
-        teacher = f", teacher {cfg.teacher}{' (ZeRO-3 sharded)' if b.teacher_sharded else ''}" if self.teacher else ""
-        epochs = getattr(cfg, "epochs", None)
-        sized = "" if epochs is None else \
-            f" ({epochs:g} epochs x {len(self.train_examples)} examples / {cfg.batch_size} per step, rounded up)"
-        print(f"[{cfg.name}] {cfg.method}: student {cfg.student} ({b.parameter_count() / 1e6:.2f}M params)"
-              f"{b.describe()}{teacher}; {len(self.train_examples)} train examples, {len(self.valid_examples)} valid; "
-              f"{cfg.batch_size} sequences/step ({cfg.micro_batch_size}x{b.accum}x{self.world}), {self.max_steps} steps"
-              f"{sized}, {cfg.dtype} compute{', gradient checkpointing' if b.checkpointing else ''} -> {self.out}",
-              flush=True)
-        if self.resume_from is not None:
-            print(f"[{cfg.name}] resumed from {self.resume_from} at step {self.step}", flush=True)
+        if self.rank == 0:
+            print(setup_line(self), flush=True)
+            if self.resume_from is not None:
+                print(f"[{self.cfg.name}] resumed from {self.resume_from} at step {self.step}", flush=True)
 
     # ------------------------------------------------------------------------------------------ method hooks
     def micro_batches(self) -> list[dict[str, torch.Tensor]]:
@@ -227,6 +220,7 @@ class Trainer:
                                                max_new_tokens=cfg.max_new_tokens, batch_size=16,
                                                device=self.backend.device, synced=self.backend.lockstep)
             metrics.update({f"val_{k}": v for k, v in score(preds, [e.row for e in self.valid_examples]).items()})
+            self.metrics.samples(self.step, [e.row for e in self.valid_examples], preds)
         metrics.update(self.extra_validation())
         self.metrics.log(self.step, metrics, kind="eval")
         if self.best.improves(metrics):
