@@ -165,3 +165,18 @@ def test_training_seed_replicates_are_pooled_and_paired_by_both_seeds(tmp_path):
     assert s.loc["direct", "stage"] == "minillm-tiny-l-to-tiny-s" and s.loc["direct", "mean"] == pytest.approx(15.5)
     assert (s.loc["direct", "seeds"], s.loc["direct", "train_seeds"]) == (6, 2)
     assert (s.loc["init", "seeds"], s.loc["init", "train_seeds"]) == (3, 1)
+
+
+def test_ta_size_curve_has_a_numeric_size_axis_intervals_and_the_direct_band(tmp_path):
+    from takd.report.build import ta_size_curve, ta_sizes
+
+    rows = [{"run": "r", "dataset": "d", "metric": "rouge_l", "label": label, "stage": stage, "seed": seed,
+             "train_seed": 0, "value": base + seed / 100}
+            for label, stage, base in [("via-ta", "minillm-opt-6.7b-to-opt-1.3b", 20.0),
+                                       ("via-ta", "minillm-opt-2.7b-to-opt-1.3b", 22.0),
+                                       ("direct", "minillm-opt-13b-to-opt-1.3b", 19.0)]
+            for seed in (10, 20, 30)]
+    sizes = ta_sizes(pd.DataFrame(rows))
+    assert sizes["ta"].tolist() == ["opt-2.7b", "opt-6.7b"] and sizes["params_m"].tolist() == [2652, 6658]
+    assert sizes["mean"].tolist() == pytest.approx([22.2, 20.2]) and (sizes["ci95"] > 0).all()
+    _assert_real_png(ta_size_curve(pd.DataFrame(rows), tmp_path / "ta.png"))

@@ -85,18 +85,48 @@ def plot_curves(curves: pd.DataFrame, metric: str, kind: str, path: Path, title:
     return _save(fig, path)
 
 
+def ta_sizes(df: pd.DataFrame) -> pd.DataFrame:
+    """Student Rouge-L per teacher assistant, one row per TA (replicates pooled): the TA's stage, its model and
+    parameter count, mean and 95 % half-width over the (training, sampling) seeds."""
+    from takd.evaluate.metrics import mean_ci95
+    from takd.models.registry import resolve
+
+    via = df[(df["metric"] == "rouge_l") & (df["label"] == "via-ta")]
+    rows = []
+    for stage, grp in via.groupby(via["stage"].map(replicate_of)):
+        ta = stage.split("-to-")[0].split("-", 1)[1]  # <method>-<TA>-to-<student>
+        try:
+            params = resolve(ta).params_m
+        except Exception:  # a TA the registry cannot size (a directory that moved): no point on the size axis
+            continue
+        mean, ci = mean_ci95(grp["value"].tolist())
+        rows.append({"stage": stage, "ta": ta, "params_m": params, "mean": mean, "ci95": ci, "n": len(grp)})
+    return pd.DataFrame(rows).sort_values("params_m") if rows else pd.DataFrame()
+
+
 def ta_size_curve(df: pd.DataFrame, path: Path) -> Path | None:
-    """Student Rouge-L against the TA used (one point per via-TA stage), when there are several TAs."""
-    via = df[(df["metric"] == "rouge_l") & (df["label"] == "via-ta")].assign(stage=lambda d: d["stage"].map(
-        replicate_of))
-    if via["stage"].nunique() < 2:
+    """The student's Rouge-L against the TA's size in parameters (log axis, 95 % intervals), with the direct
+    teacher → student student as a band: drawn when there are several TAs."""
+    from takd.evaluate.metrics import mean_ci95
+
+    sizes = ta_sizes(df)
+    if len(sizes) < 2:
         return None
-    means = via.groupby("stage")["value"].mean()
-    ta = {st: st.split("-to-")[0].split("-", 1)[1] for st in means.index}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([ta[s] for s in means.index], means.values, marker="o")
-    ax.set_xlabel("teacher assistant")
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.errorbar(sizes["params_m"], sizes["mean"], yerr=sizes["ci95"].fillna(0), marker="o", capsize=4,
+                label="student via TA")
+    for x, y, name in zip(sizes["params_m"], sizes["mean"], sizes["ta"], strict=True):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    direct = df[(df["metric"] == "rouge_l") & (df["label"] == "direct")]["value"].tolist()
+    if direct:
+        mean, ci = mean_ci95(direct)
+        ax.axhline(mean, color="grey", linestyle="--", label="direct (no TA)")
+        if ci == ci:
+            ax.axhspan(mean - ci, mean + ci, color="grey", alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher assistant parameters (millions)")
     ax.set_ylabel("student Rouge-L")
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -150,7 +180,8 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
                                    sort=False).reset_index(), ""]
     ta = ta_size_curve(df, out / "ta_size.png")
     if ta:
-        md += ["## TA-size curve", "", f"![TA size]({ta.name})", ""]
+        md += ["## TA-size curve (the student's Rouge-L by the assistant's size; dashed: direct, no TA)", "",
+               ta_sizes(df), "", f"![TA size]({ta.name})", ""]
     extra = df[df["metric"].isin(["ece", "accuracy"])]
     if not extra.empty:
         md += ["## Calibration (built-in classification items)", "",
