@@ -24,8 +24,10 @@ Two sizes: "tiny" (student OPT 128×2, teacher 256×4, GPT-2's 50,257-token voca
 64×2, teacher 128×2, a 128,256-token vocabulary: the vocabulary dominates every forward and loss; a word-level
 tokenizer of that size so every sampled id decodes). Each measurement runs in its own process (the two TRL versions
 cannot share one) after an untimed warm-up: rollout tokens per second of the timed training loop (B × T per cycle,
-nominal: random-init models almost never stop early), and peak RSS of the training loop above the process's RSS
-with the models loaded. Runs alternate within each repeat; min/median/max and the ratio of medians are reported.
+nominal: random-init models almost never stop early), peak RSS of the training loop above the process's RSS
+with the models loaded, and the timed loop split into generating rollouts (takd: sampling and scoring, its
+`roll_out`; TRL: the student's completions, `_generate`) and the rest (teacher forwards, losses, updates).
+Runs alternate within each repeat; min/median/max and the ratio of medians are reported.
 """
 
 from __future__ import annotations
@@ -109,6 +111,23 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
+GENERATING = [0.0]  # seconds spent generating rollouts inside the timed loop
+
+
+def timed_generation(obj, method: str) -> None:
+    """Count the time spent in `obj.method` (the trainer's rollout generation) into GENERATING."""
+    plain = getattr(obj, method)
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return plain(*args, **kwargs)
+        finally:
+            GENERATING[0] += time.perf_counter() - t0
+
+    setattr(obj, method, wrapper)
+
+
 def takd_worker(a) -> tuple[float, float]:
     from takd.train.config import stage_config
     from takd.train.minillm.trainer import MiniLLMTrainer
@@ -123,6 +142,7 @@ def takd_worker(a) -> tuple[float, float]:
     m.log_student_rev_kl = False  # logging-only extra rollout: TRL has none
     trainer = MiniLLMTrainer(cfg)
     trainer.setup()
+    timed_generation(trainer.collector, "roll_out")  # sampling and scoring a round's rollouts
     return _timed(lambda: [trainer.optimizer_step() for _ in range(a.cycles * a.batch // a.micro)])
 
 
@@ -152,6 +172,7 @@ def _trl_train(trainer_cls, cfg, a) -> tuple[float, float]:
                           teacher_model=AutoModelForCausalLM.from_pretrained(a.teacher), args=cfg,
                           train_dataset=Dataset.from_dict({"prompt": json.loads(Path(a.prompts).read_text())}),
                           processing_class=AutoTokenizer.from_pretrained(a.student), callbacks=[clock()])
+    timed_generation(trainer, "_generate")  # the student's completions
     trainer.train()
     return clock.end - clock.start, clock.rss
 
@@ -197,7 +218,8 @@ def worker(a) -> None:
     fn = {"takd": takd_worker, "trl-distill": trl_distill_worker, "trl-minillm": trl_minillm_worker}[a.worker]
     seconds, rss_before = fn(a)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux
-    print("RESULT " + json.dumps({"seconds": seconds, "peak_mb": peak, "above_mb": peak - rss_before}))
+    print("RESULT " + json.dumps({"seconds": seconds, "peak_mb": peak, "above_mb": peak - rss_before,
+                                  "generating": GENERATING[0]}))
 
 
 # ------------------------------------------------------------------------------------------------ orchestration
@@ -270,12 +292,14 @@ def _table(size: str, s: dict, res: dict[str, list[dict]]) -> str:
     lines = [f"\n### {size}: student OPT {spec['student'][0]}×{spec['student'][1]}, teacher OPT "
              f"{spec['teacher'][0]}×{spec['teacher'][1]}, vocabulary {s['vocab']:,}\n",
              "| trainer | tokens/s min | median | max | ratio to the best TRL (medians) | peak RSS MB | above "
-             "loaded models MB |", "|---|---|---|---|---|---|---|"]
+             "loaded models MB | generating s | training s |", "|---|---|---|---|---|---|---|---|---|"]
     for t, v in res.items():
         rates = [x["tok_s"] for x in v]
         lines.append(f"| {t} | {min(rates):.1f} | {med[t]:.1f} | {max(rates):.1f} | {med[t] / best_trl:.2f} | "
                      f"{statistics.median(x['peak_mb'] for x in v):,.0f} | "
-                     f"{statistics.median(x['above_mb'] for x in v):,.0f} |")
+                     f"{statistics.median(x['above_mb'] for x in v):,.0f} | "
+                     f"{statistics.median(x['generating'] for x in v):.2f} | "
+                     f"{statistics.median(x['seconds'] - x['generating'] for x in v):.2f} |")
     return "\n".join(lines) + "\n"
 
 

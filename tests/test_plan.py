@@ -415,3 +415,56 @@ def test_train_seeds_replicate_the_distillation_stages_from_one_teacher_and_init
     for bad in ("1,1", "a,2", "-1"):
         with pytest.raises(cli.ConfigError, match="--train-seeds"):
             cli.prepare_run(cli.parser().parse_args(["--chain", "tiny-l,tiny-s", f"--train-seeds={bad}"]))
+
+
+def test_local_stages_run_concurrently_as_their_dependencies_allow(tmp_path, monkeypatch):
+    """The local launcher's scheduling: never more than `workers` at once, a stage only after its dependencies, and
+    after a failure nothing new starts while the running ones finish."""
+    from types import SimpleNamespace
+
+    from takd.chain import launch
+
+    events: list[tuple[str, str]] = []
+    running: set[str] = set()
+    peak = [0]
+
+    class Job:
+        def __init__(self, name: str, fail: bool):
+            self.name, self.fail, self.polls = name, fail, 0
+            self.paths = SimpleNamespace(stdout=str(tmp_path / "no-log"))
+
+        def done(self) -> bool:
+            self.polls += 1
+            finished = self.polls > {"a": 1, "b": 3}.get(self.name, 2)
+            if finished:
+                running.discard(self.name)
+            return finished
+
+        def result(self):
+            events.append(("end", self.name))
+            if self.fail:
+                raise RuntimeError("boom")
+
+    def start(run_dir, st, kind, threads):
+        running.add(st.name)
+        peak[0] = max(peak[0], len(running))
+        events.append(("start", st.name))
+        return Job(st.name, st.name == "fail")
+
+    monkeypatch.setattr(launch, "_start", start)
+    monkeypatch.setattr(launch, "_build_shared_inputs", lambda todo: None)
+    monkeypatch.setattr(launch, "_summarise", lambda run_dir: None)
+    monkeypatch.setattr(launch.time, "sleep", lambda s: None)
+    stage = lambda name, *deps: SimpleNamespace(name=name, depends_on=list(deps))  # noqa: E731
+    dag = [stage("a"), stage("b"), stage("c", "a", "b"), stage("d"), stage("e", "c")]
+    assert launch._run_locally(tmp_path, dag, "local", workers=2) == 0
+    order = [n for kind, n in events if kind == "start"]
+    ends = [n for kind, n in events if kind == "end"]
+    assert peak[0] == 2 and sorted(order) == list("abcde")
+    assert order.index("c") > max(order.index("a"), order.index("b")) and ends.index("c") < order.index("e")
+    assert ends.index("a") < ends.index("b") and order.index("d") < order.index("c")  # d fills a's freed slot
+    events.clear()
+    assert launch._run_locally(tmp_path, [stage("fail"), stage("x"), stage("y", "fail"), stage("z")], "local",
+                               workers=2) == 1
+    started = [n for kind, n in events if kind == "start"]
+    assert "y" not in started and set(started) <= {"fail", "x", "z"}

@@ -82,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--executor", choices=["slurm", "local", "debug"], default=None,
                     help="slurm: sbatch with afterok dependencies; local: stages in order on this machine "
                          "(subprocesses); debug: in this process (default: slurm if sbatch exists, else local)")
+    ap.add_argument("--local-workers", type=int, default=None, metavar="N",
+                    help="local executor: stages run at once when their dependencies allow, the cores shared out "
+                         "(default: the cluster profile's local_workers)")
     ap.add_argument("--cluster", default=None, help="takd/configs/clusters/<name>.yaml: narval, rorqual, fir, nibi, "
                                                     "trillium, local (default: local)")
     ap.add_argument("--account", default=None, help="Slurm account (else $SLURM_ACCOUNT or ~/.config/takd.yaml)")
@@ -185,8 +188,10 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     check_prompt_formats(stages)
     check_trackers(stages)
     assign_resources(stages, cluster)
+    if args.local_workers is not None and args.local_workers < 1:
+        raise ConfigError(f"--local-workers {args.local_workers}: give 1 or more")
     meta = {"chain": chain, "tas": tas, "profile": str(profile_path), "cluster": cluster.name, "account": account,
-            "executor": args.executor, "git": git_revision(),
+            "executor": args.executor, "local_workers": args.local_workers, "git": git_revision(),
             "created": dt.datetime.now().isoformat(timespec="seconds")}
     return run_dir.resolve(), stages, meta
 

@@ -21,7 +21,7 @@ import submitit
 import yaml
 
 from takd import checkpoint as ckpt
-from takd.chain.plan import PlannedStage, load_stage_config
+from takd.chain.plan import PlannedStage, load_stage_config, stage_models
 from takd.chain.prepare import job_environment
 from takd.chain.profiles import ClusterProfile, load_cluster
 from takd.config import ConfigError
@@ -169,32 +169,75 @@ def launch(run_dir: Path, stages: list[PlannedStage], meta: dict, executor: str 
         print(f"{skipped} stage(s) already DONE, skipped.")
     if kind == "slurm":
         return _launch_slurm(run_dir, todo, meta, wait)
-    return _run_in_order(run_dir, todo, kind)
+    workers = (meta.get("local_workers") or load_cluster(meta["cluster"]).local_workers) if kind == "local" else 1
+    return _run_locally(run_dir, todo, kind, max(1, workers))
 
 
-def _run_in_order(run_dir: Path, todo: list[PlannedStage], kind: str) -> int:
+def _run_locally(run_dir: Path, todo: list[PlannedStage], kind: str, workers: int) -> int:
+    """Stages on this machine as their dependencies allow, up to `workers` at a time, each its own process (local)
+    with the machine's cores shared out (OMP_NUM_THREADS); debug: one at a time, in this process. A failed stage
+    stops new starts; the running ones finish."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers > 1:
+        _build_shared_inputs(todo)  # tiny models and the built-in tokenizer: built once, before stages race for them
     t0 = time.time()
-    timings = {}
-    for st in todo:
-        folder = stage_dir(run_dir, st.name) / "logs"
-        ex = make_executor(kind, folder)
-        if kind == "local":
-            ex.update_parameters(timeout_min=st.time_min)
-        print(f"==> {st.name} ({st.config.method if st.kind == 'train' else 'eval'})", flush=True)
-        t_stage = time.time()
-        job = ex.submit(StageJob(str(stage_dir(run_dir, st.name)), st.kind))
-        _follow(job)
-        try:
-            job.result()
-        except Exception as err:  # the job's own traceback is in its log
-            print(f"error: stage {st.name} failed: {failure_cause(err)}; log: {folder}; fix and rerun: "
-                  f"python -m takd.plan --resume {run_dir}", file=sys.stderr)
+    timings: dict[str, float] = {}
+    waiting = list(todo)
+    running: dict[str, tuple] = {}  # stage -> (job, start time, lines echoed)
+    failed = False
+    while waiting or running:
+        pending = {st.name for st in waiting} | set(running)
+        while not failed and len(running) < workers and \
+                (ready := next((st for st in waiting if not set(st.depends_on) & pending), None)) is not None:
+            waiting.remove(ready)
+            running[ready.name] = (_start(run_dir, ready, kind, threads if workers > 1 else None), time.time(), 0)
+        for name, (job, started, seen) in list(running.items()):
+            finished = job.done()
+            running[name] = (job, started, _echo(job, seen))  # after done(): a finished job's last lines too
+            if not finished:
+                continue
+            del running[name]
+            try:
+                job.result()
+            except Exception as err:  # the job's own traceback is in its log
+                print(f"error: stage {name} failed: {failure_cause(err)}; log: {stage_dir(run_dir, name) / 'logs'}; "
+                      f"fix and rerun: python -m takd.plan --resume {run_dir}", file=sys.stderr)
+                failed = True
+                continue
+            timings[name] = time.time() - started
+            print(f"    {name} done in {timings[name]:.0f}s", flush=True)
+        if failed and not running:
             return 1
-        timings[st.name] = time.time() - t_stage
-        print(f"    done in {timings[st.name]:.0f}s", flush=True)
+        if running:
+            time.sleep(0.5)
     _write_timings(run_dir, timings, time.time() - t0)
     _summarise(run_dir)
     return 0
+
+
+def _start(run_dir: Path, st: PlannedStage, kind: str, threads: int | None):
+    """Submit one stage; with `threads`, its process gets that many (submitit's local jobs inherit the environment)."""
+    ex = make_executor(kind, stage_dir(run_dir, st.name) / "logs")
+    if kind == "local":
+        ex.update_parameters(timeout_min=st.time_min)
+    print(f"==> {st.name} ({st.config.method if st.kind == 'train' else 'eval'})", flush=True)
+    before = os.environ.get("OMP_NUM_THREADS")
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        return ex.submit(StageJob(str(stage_dir(run_dir, st.name)), st.kind))
+    finally:
+        if threads is not None:
+            os.environ.pop("OMP_NUM_THREADS") if before is None else os.environ.__setitem__("OMP_NUM_THREADS", before)
+
+
+def _build_shared_inputs(todo: list[PlannedStage]) -> None:
+    from takd.models.loading import model_dir
+    from takd.models.registry import resolve
+
+    for name in sorted({m for st in todo for m in stage_models(st)}):
+        if resolve(name).is_tiny:
+            model_dir(name)
 
 
 def _summarise(run_dir: Path) -> None:
@@ -207,21 +250,16 @@ def _summarise(run_dir: Path) -> None:
     print(f"report: {report}")
 
 
-def _follow(job, poll_s: float = 1.0) -> None:
-    """Echo the job's stdout log (our own one-line progress prints) until it finishes."""
-    seen = 0
-    while True:
-        finished = job.done()
-        path = Path(job.paths.stdout)
-        if path.is_file():
-            lines = path.read_text(errors="replace").splitlines()
-            for line in lines[seen:]:
-                if line.startswith("[") and not line.startswith("[20"):  # our "[stage] ..." lines, not library logs
-                    print(f"    {line}", flush=True)
-            seen = len(lines)
-        if finished:
-            return
-        time.sleep(poll_s)
+def _echo(job, seen: int) -> int:
+    """Echo the job's new stdout lines that are our own one-line progress prints; the count of lines read."""
+    path = Path(job.paths.stdout)
+    if not path.is_file():
+        return seen
+    lines = path.read_text(errors="replace").splitlines()
+    for line in lines[seen:]:
+        if line.startswith("[") and not line.startswith("[20"):  # our "[stage] ..." lines, not library logs
+            print(f"    {line}", flush=True)
+    return len(lines)
 
 
 def _write_timings(run_dir: Path, timings: dict[str, float], total: float) -> None:

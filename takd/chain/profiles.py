@@ -105,6 +105,8 @@ class ClusterProfile:
     cpus_per_task: int = 0  # CPU-only profiles (local): cores per stage
     cpu_tasks_per_node: int = 1  # CPU-only profiles: processes per training stage (DeepSpeed on gloo when > 1)
     mem_gb: float = 0  # CPU-only profiles (local): memory per stage
+    # the local executor: stages run at once when their dependencies allow (the machine's cores shared out)
+    local_workers: int = 1
     whole_node_only: bool = False  # 1 GPU or whole nodes (Trillium)
     # the GPU's performance, for time estimates (takd.chain.timing); 0: no estimate
     peak_tflops: float = 0  # dense bf16 TFLOP/s per GPU

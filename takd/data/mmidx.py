@@ -13,6 +13,7 @@ item is a view into the map until it is batched.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,12 +42,13 @@ def _code(dtype) -> int:
 
 def write_shard(prefix: str | Path, items: Iterable[Iterable[int]], dtype=np.uint16) -> Path:
     """Write items as `<prefix>.bin` + `<prefix>.idx` (one document per item, as the reference's builder does);
-    both written under temporary names first, the index last, so a reader never sees half a shard."""
+    both written under this process's temporary names first, the index last, so a reader never sees half a shard
+    (and two processes writing the same shard do not write into one file)."""
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(dtype)
     sizes: list[int] = []
-    tmp_bin, tmp_idx = Path(f"{prefix}.bin.tmp"), Path(f"{prefix}.idx.tmp")
+    tmp_bin, tmp_idx = Path(f"{prefix}.bin.{os.getpid()}.tmp"), Path(f"{prefix}.idx.{os.getpid()}.tmp")
     with open(tmp_bin, "wb") as fh:
         for item in items:
             arr = np.asarray(list(item), dtype=dtype)
