@@ -226,9 +226,11 @@ def _start(run_dir: Path, st: PlannedStage, kind: str, threads: int | None):
         os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         return ex.submit(StageJob(str(stage_dir(run_dir, st.name)), st.kind))
-    finally:
-        if threads is not None:
-            os.environ.pop("OMP_NUM_THREADS") if before is None else os.environ.__setitem__("OMP_NUM_THREADS", before)
+    finally:  # this process keeps its own setting
+        if threads is not None and before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        elif threads is not None:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 def _build_shared_inputs(todo: list[PlannedStage]) -> None:
