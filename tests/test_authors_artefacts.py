@@ -336,3 +336,22 @@ def test_a_chain_not_from_the_papers_teacher_matches_no_table1_row():
     assert table1_key("gpt2-1.5b", "teacher", "gpt2-1.5b,gpt2-120m") == ("gpt2", "1.5B", "teacher")
     assert table1_key("paper-kd-opt-2.7b", "x", "") == ("opt", "2.7B", "kd")
     assert table1_key("tiny-s", "direct", "tiny-l,tiny-s") is None
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--run-dir", "{tmp}/my run", "--executor", "slurm"], "contains a space, quote or shell character"),
+    (["--datasets", "dolly,nope"], "unknown dataset 'nope'"),
+    (["--sizes", "3b"], "the authors released gpt2 students of"),
+    (["--roles", "teacher,boss"], "unknown role 'boss'"),
+    (["--max-prompts", "-1"], "max_prompts must be >= 0"),
+])
+def test_replicate_refuses_bad_input_in_one_line_writing_nothing(argv, expected, tmp_path, capsys, monkeypatch):
+    from takd.chain import replicate
+
+    monkeypatch.setenv("TAKD_HOME", str(tmp_path / "home"))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    run = tmp_path / "r"
+    rc = replicate.main(["--family", "gpt2", "--submit", "--run-dir", str(run), *argv])
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and expected in errors[0], errors
+    assert not run.exists() and not (tmp_path / "my run").exists()

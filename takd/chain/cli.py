@@ -111,6 +111,18 @@ def resolve_account(args, cluster: ClusterProfile) -> str | None:
     return account
 
 
+def check_run_dir(run_dir: Path, submit: bool, executor: str | None) -> None:
+    """A new run's directory: not one that already holds a run (when submitting), and for Slurm free of spaces,
+    quotes and shell characters (Slurm writes its log paths unquoted). Shared by every command that launches."""
+    if submit and (run_dir / "plan.yaml").exists():
+        raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} to continue it, "
+                          "or pick another --run-dir")
+    slurm = (executor or ("slurm" if shutil.which("sbatch") else "local")) == "slurm"
+    if slurm and re.search(r"[\s'\"$`\\;|&<>]", str(run_dir.resolve())):
+        raise ConfigError(f"run directory {str(run_dir.resolve())!r} contains a space, quote or shell character: "
+                          "Slurm writes its log paths unquoted; choose --run-dir without them")
+
+
 def train_seeds(text: str) -> list[int] | None:
     """--train-seeds 1,2,3: distinct non-negative integers (None: the profile's seed only)."""
     if not text.strip():
@@ -150,9 +162,7 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     account = resolve_account(args, cluster)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir) if args.run_dir else runs_root() / f"{'-'.join(chain)}-{stamp}"
-    if args.submit and (run_dir / "plan.yaml").exists():
-        raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} to continue it, "
-                          "or pick another --run-dir")
+    check_run_dir(run_dir, args.submit, args.executor)
     baselines = tuple(b for b in args.baselines.split(",") if b)
     bad = [b for b in baselines if b not in ("sft", "kd", "seqkd")]
     if bad:
@@ -169,10 +179,6 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
         if args.submit:
             raise
         print(f"warning: {err}", file=sys.stderr)  # a dry run is still worth reading
-    slurm = (args.executor or ("slurm" if shutil.which("sbatch") else "local")) == "slurm"
-    if slurm and re.search(r"[\s'\"$`\\;|&<>]", str(run_dir.resolve())):
-        raise ConfigError(f"run directory {str(run_dir.resolve())!r} contains a space, quote or shell character: "
-                          "Slurm writes its log paths unquoted; choose --run-dir without them")
     if args.teacher_path:
         check_teacher_path(args.teacher_path, chain[-1])
     stages = build_plan(chain, run_dir=run_dir.resolve(), profile=profile, method=args.method,

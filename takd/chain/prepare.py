@@ -145,19 +145,19 @@ def prepare_corpus(family: str) -> str:
 
 
 def check_corpus(directory: Path, family: str) -> str:
-    from takd.data.mmidx import IndexedSplit
+    """Each split's shards open, and their token ids fit the family's vocabulary (the check training repeats)."""
+    from takd.data.corpus import PretrainingCorpus
 
     vocab = max(s.arch.get("vocab_size", 0) for s in registry.registry().values() if s.family == family)
     parts = []
     for split in ("train", "valid"):
         try:
-            items = IndexedSplit(directory, split)
+            corpus = PretrainingCorpus(directory, split)
         except FileNotFoundError:
             continue
-        top = items.max_token()
-        if vocab and top >= vocab:
-            raise NotPrepared(f"{directory}: token id {top} is beyond the {family} vocabulary ({vocab}): the corpus "
-                              "of another family?")
+        if vocab and (problem := corpus.check_vocabulary(vocab)):
+            raise NotPrepared(f"{family}: {problem}")
+        items = corpus.items
         lengths = items.item_lengths()
         parts.append(f"{split} {len(items):,} chunks of {int(lengths.min())}-{int(lengths.max())} {items.dtype.name} "
                      f"tokens in {len(items.shards)} shard(s)")

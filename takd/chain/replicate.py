@@ -22,23 +22,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 from takd.chain.allocate import assign_resources
-from takd.chain.cli import resolve_account
+from takd.chain.cli import check_run_dir, resolve_account
 from takd.chain.plan import PlannedStage, check_offline, plan_table, slug, write_plan
 from takd.chain.profiles import load_cluster, load_profile, profile_path
 from takd.config import ConfigError
+from takd.data.authors import PAPER_SETS
+from takd.data.rows import unknown_dataset
 from takd.errors import cli
 from takd.evaluate.config import PROTOCOL_SEEDS, EvalJob
 from takd.models import registry
 from takd.paths import git_revision, runs_root, stage_dir
 
-PAPER_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
-FAMILIES = ("gpt2", "opt", "llama")
-
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m takd.replicate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", required=True, choices=FAMILIES, help="the released checkpoints of this family")
+    ap.add_argument("--family", required=True, choices=sorted({s.family for s in registry.released()}),
+                    help="the released checkpoints of this family")
     ap.add_argument("--sizes", default="", help="comma list of student sizes to keep, e.g. 120m (default: all)")
     ap.add_argument("--roles", default="teacher,init,sft,kd,seqkd,minillm",
                     help="comma list of roles to evaluate (default: every released one)")
@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     account = resolve_account(args, cluster)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = (Path(args.run_dir) if args.run_dir else runs_root() / f"replicate-{slug(args.family)}-{stamp}").resolve()
-    if args.submit and (run_dir / "plan.yaml").exists():
-        raise ConfigError(f"run directory {run_dir} already holds a run; pick another --run-dir")
+    check_run_dir(run_dir, args.submit, args.executor)
+    for ds in [d for d in args.datasets.split(",") if d]:
+        if (why := unknown_dataset(ds)) is not None:
+            raise ConfigError(f"--datasets: {why}")
     stages = eval_stages(models, run_dir, args)
     try:
         check_offline([m.name for m in models], {d: ("test",) for d in stages[0].config.datasets})

@@ -39,6 +39,7 @@ SETS = {
     "sni": AuthorsSet("MiniLLM/sinst", {"test": "11_/valid.jsonl"}),
     "unni": AuthorsSet("MiniLLM/uinst", {"test": "11_/valid.jsonl"}, keep_rows=10_000),
 }
+PAPER_SETS = tuple(SETS)  # the paper's five evaluation sets (Table 1's columns), in its order
 DOLLY_VALID_ROWS = 1000  # process_data_dolly.py --dev-num 1000: the first rows of raw.jsonl
 KEPT_FIELDS = ("task", "id", "category", "source")  # carried along for per-task tables
 
@@ -97,10 +98,12 @@ def corpus_files(listing: list[str], family: str) -> list[str]:
 
 
 def find_corpus(family: str) -> Path | None:
-    """The prepared corpus directory of a family (the folder holding `train_0.idx`), or None."""
+    """The prepared corpus directory of a family (the folder holding a `train_0` shard), or None."""
+    from takd.data.mmidx import shard_prefixes
+
     root = corpus_root(family)
     if not root.is_dir():
         return None
-    found = sorted((p.parent for p in root.rglob("train_0.idx") if Path(f"{p.parent}/train_0.bin").is_file()),
+    found = sorted((p.parent for p in root.rglob("train_0.idx") if shard_prefixes(p.parent, "train")),
                    key=lambda d: (family not in d.relative_to(root).parts, len(d.parts)))
     return found[0] if found else None

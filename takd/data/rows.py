@@ -38,6 +38,12 @@ def format_prompt(row: dict) -> str:
     return f"{_HEAD_NO_INPUT}\n\n### Instruction:\n{row['instruction']}\n\n### Response:\n"
 
 
+def shown_instruction(row: dict) -> str:
+    """The row's task as a reader sees it in tables: its instruction (or the reference's prompt), then its input."""
+    inp = row.get("input")
+    return (row.get("instruction") or row.get("prompt") or "") + (f"\n{inp}" if inp else "")
+
+
 def references(row: dict) -> list[str]:
     out = row["output"]
     return list(out) if isinstance(out, list) else [out]

@@ -104,12 +104,13 @@ def ta_sizes(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("params_m") if rows else pd.DataFrame()
 
 
-def ta_size_curve(df: pd.DataFrame, path: Path) -> Path | None:
+def ta_size_curve(df: pd.DataFrame, path: Path, sizes: pd.DataFrame | None = None) -> Path | None:
     """The student's Rouge-L against the TA's size in parameters (log axis, 95 % intervals), with the direct
-    teacher → student student as a band: drawn when there are several TAs."""
+    teacher → student student as a band: drawn when there are several TAs (`sizes`: `ta_sizes(df)`, when the
+    caller has it already)."""
     from takd.evaluate.metrics import mean_ci95
 
-    sizes = ta_sizes(df)
+    sizes = ta_sizes(df) if sizes is None else sizes
     if len(sizes) < 2:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -178,10 +179,11 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
         md += ["## Held-out reverse KL to the teacher (nats/token, the model's own samples; EOS share %, mean length)",
                "", rkl.pivot_table(index=["label", "stage"], columns="metric", values="value",
                                    sort=False).reset_index(), ""]
-    ta = ta_size_curve(df, out / "ta_size.png")
+    sizes = ta_sizes(df)
+    ta = ta_size_curve(df, out / "ta_size.png", sizes)
     if ta:
         md += ["## TA-size curve (the student's Rouge-L by the assistant's size; dashed: direct, no TA)", "",
-               ta_sizes(df), "", f"![TA size]({ta.name})", ""]
+               sizes, "", f"![TA size]({ta.name})", ""]
     extra = df[df["metric"].isin(["ece", "accuracy"])]
     if not extra.empty:
         md += ["## Calibration (built-in classification items)", "",

@@ -39,9 +39,13 @@ def collect(run_dirs: list[str | Path]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["run", "chain", "label", "stage", "model", "method", "dataset", "train_seed",
                                      "seed", "metric", "value"])
-    df = pd.concat(frames, ignore_index=True)
-    df["train_seed"] = (df["train_seed"] if "train_seed" in df else pd.Series(0, index=df.index)).fillna(0).astype(int)
-    return df
+    return with_train_seed(pd.concat(frames, ignore_index=True))
+
+
+def with_train_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """Every row's training seed as an integer: 0 for a stage trained once, and for rows that carry none."""
+    seeds = df["train_seed"] if "train_seed" in df else pd.Series(0, index=df.index)
+    return df.assign(train_seed=seeds.fillna(0).astype(int))
 
 
 def replicate_of(stage: str) -> str:
@@ -54,9 +58,7 @@ def summary(df: pd.DataFrame, metric: str = "rouge_l") -> pd.DataFrame:
     training seeds of its replicates pooled (`seeds` counts the pairs, `train_seeds` the replicates)."""
     rows = []
     keys = ["run", "label", "stage", "model", "dataset"]
-    sel = df[df["metric"] == metric].assign(stage=lambda d: d["stage"].map(replicate_of))
-    if "train_seed" not in sel:
-        sel = sel.assign(train_seed=0)
+    sel = with_train_seed(df[df["metric"] == metric]).assign(stage=lambda d: d["stage"].map(replicate_of))
     for key, grp in sel.groupby(keys, sort=False):
         mean, ci = mean_ci95(grp.sort_values(["train_seed", "seed"])["value"].tolist())
         rows.append({**dict(zip(keys, key, strict=True)), "mean": mean, "ci95": ci, "seeds": len(grp),
@@ -74,8 +76,7 @@ STUDENT_METHODS = ["via-ta", "direct", "baseline-sft", "baseline-kd", "baseline-
 def paired_table(grp: pd.DataFrame) -> pd.DataFrame:
     """Values by (train_seed, seed) × label. A label trained once (train_seed 0) is repeated for every training seed
     of the replicated labels, so each replicate pairs with it at the same sampling seed."""
-    if "train_seed" not in grp:
-        grp = grp.assign(train_seed=0)
+    grp = with_train_seed(grp)
     shared = grp[grp["train_seed"] == 0].pivot_table(index="seed", columns="label", values="value")
     replicated = grp[grp["train_seed"] != 0]
     if replicated.empty:
@@ -170,13 +171,12 @@ def item_scores(run_dirs: list[str | Path]) -> pd.DataFrame:
 def generations(run_dirs: list[str | Path], seed: int | None = None) -> pd.DataFrame:
     """The answers side by side: one row per (run, dataset, prompt) with its task, instruction, reference, and one
     column per evaluated model (its label) holding that model's answer at one sampling seed (default: the first)."""
-    from takd.data.rows import references
+    from takd.data.rows import references, shown_instruction
 
     rows = [{"run": run, "dataset": dataset, "task": g["prompt_row"].get("task", "all"),
-             "instruction": (g["prompt_row"].get("instruction") or g["prompt_row"].get("prompt", "")) +
-             (f"\n{g['prompt_row']['input']}" if g["prompt_row"].get("input") else ""),
-             "reference": references(g["prompt_row"])[0], "label": meta.get("label", ""), "seed": g["seed"],
-             "answer": g["generation"]} for run, meta, dataset, g in _generated(run_dirs)]
+             "instruction": shown_instruction(g["prompt_row"]), "reference": references(g["prompt_row"])[0],
+             "label": meta.get("label", ""), "seed": g["seed"], "answer": g["generation"]}
+            for run, meta, dataset, g in _generated(run_dirs)]
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from takd.data.authors import PAPER_SETS
 from takd.models import registry
 from takd.paths import CONFIG_DIR
 
@@ -18,7 +19,6 @@ TABLE1_FILE = CONFIG_DIR / "paper" / "minillm_table1.csv"
 FIGURE6_FILE = CONFIG_DIR / "paper" / "minillm_figure6.csv"
 SOURCE = "MiniLLM Table 1 (Gu et al., ICLR 2024; arXiv 2306.08543 v4, https://arxiv.org/abs/2306.08543)"
 FIGURE6_SOURCE = "MiniLLM Figure 6 (Gu et al., ICLR 2024; arXiv 2306.08543 v4), read off the figure (≈ ±0.2)"
-PAPER_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 LABEL_METHODS = {"direct": "minillm", "baseline-sft": "sft", "baseline-kd": "kd", "baseline-seqkd": "seqkd",
                  "teacher": "teacher"}
 
@@ -52,7 +52,7 @@ def _paper_teacher(family: str) -> str | None:
 def table1_key(model: str, label: str, chain: str) -> tuple[str, str, str] | None:
     """(family, params, method) of the Table 1 row a result belongs to, or None."""
     spec = _spec(model)
-    if spec is None or spec.family not in ("gpt2", "opt", "llama"):
+    if spec is None:
         return None
     if spec.role:  # a released checkpoint: its role says which row
         return None if spec.role == "init" else (spec.family, _size(spec), spec.role)

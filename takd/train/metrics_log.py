@@ -40,23 +40,24 @@ class MetricsLog:
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
         if not self.enabled:
             return
-        row = {"step": step, "kind": kind, **{k: float(v) for k, v in metrics.items()}}
+        values = {k: float(v) for k, v in metrics.items()}
+        row = {"step": step, "kind": kind, **values}
         with open(self.file, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         if kind == "eval":
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             print(f"[{self.stage}] step {step} eval: {shown}", flush=True)
         for tracker in self._trackers():
-            tracker.scalars(step, kind, {k: float(v) for k, v in metrics.items()})
+            tracker.scalars(step, kind, values)
 
     def samples(self, step: int, rows: list[dict], generations: list[str]) -> None:
         """A validation's first generations beside their instruction and reference, for the trackers."""
         if not self.enabled:
             return
-        from takd.data.rows import references
+        from takd.data.rows import references, shown_instruction
 
-        table = [[(r.get("instruction") or r.get("prompt") or "") + (f"\n{r['input']}" if r.get("input") else ""),
-                  references(r)[0], g] for r, g in zip(rows[:SAMPLES_SHOWN], generations, strict=False)]
+        table = [[shown_instruction(r), references(r)[0], g]
+                 for r, g in zip(rows[:SAMPLES_SHOWN], generations, strict=False)]
         for tracker in self._trackers():
             tracker.samples(step, table)
 
