@@ -59,7 +59,7 @@ def test_builtin_tokenizer_round_trips_and_is_deterministic(tokenizer):
     from takd.data.tokenizers import train_builtin_bpe
 
     train_rows = builtin_task.generate_split("train", n=300)
-    texts = [rows.format_prompt(r) + r["output"] for r in train_rows]
+    texts = [rows.format_prompt(r) + rows.references(r)[0] for r in train_rows]
     assert train_builtin_bpe(texts, 400).get_vocab() == train_builtin_bpe(texts, 400).get_vocab()
 
 
@@ -74,6 +74,43 @@ def test_builtin_task_is_deterministic_and_split():
         if "labels" in r:
             assert r["output"] in r["labels"]
     assert len(builtin_task.pretraining_corpus(n_docs=10)) == 10
+
+
+def test_builtin_world_has_the_designed_structure(tokenizer):
+    """The world the embedded default is designed around (takd/data/builtin.py): open questions whose reference
+    list is every valid answer, answers of 10-40 tokens, classification labels fixed by the world's facts."""
+    world = builtin_task.build_world()
+    assert len(world) == builtin_task.N_ANIMALS
+    per_home = {h: sum(f["home"] == h for f in world.values()) for h in builtin_task.HOMES}
+    assert set(per_home.values()) == {builtin_task.N_ANIMALS // len(builtin_task.HOMES)}
+    test = builtin_task.generate_split("test")
+    for r in test:
+        refs = rows.references(r)
+        if r["task"] == "name-home":
+            home = r["instruction"].split("near the ")[1].split(" ")[0]
+            valid = {builtin_task.describe(n, f) for n, f in world.items() if f["home"] == home}
+            assert set(refs) == valid and len(refs) == per_home[home]
+        elif r["task"] == "colour":
+            name, asked = r["instruction"].split(" ")[2], r["instruction"].split(" ")[3].rstrip("?")
+            assert refs == [("yes" if world[name]["colour"] == asked else "no")]
+        elif r["task"] == "food":
+            assert refs == [world[r["instruction"].split(" ")[2]]["food"]] and refs[0] in r["labels"]
+    lengths = [len(tokenizer(rows.references(r)[0])["input_ids"]) for r in test if r["task"].startswith(("describe",
+                                                                                                         "name-"))]
+    assert min(lengths) >= 10 and max(lengths) <= 40
+    train = builtin_task.generate_split("train", n=400)
+    firsts = {rows.references(r)[0] for r in train if r["task"] == "name-home"}
+    assert len(firsts) > len(builtin_task.HOMES)  # the SFT target is a random valid answer, not always the same
+
+
+def test_a_tokenizer_cached_from_another_world_is_retrained(monkeypatch, tmp_path):
+    from takd.models import loading
+
+    monkeypatch.setenv("TAKD_HOME", str(tmp_path))
+    first = loading.prepare_builtin_tokenizer()
+    stamp = (first / loading.WORLD_FILE).read_text()
+    (first / loading.WORLD_FILE).write_text("an older world\n")
+    assert loading.prepare_builtin_tokenizer() == first and (first / loading.WORLD_FILE).read_text() == stamp
 
 
 def test_alpaca_template_matches_reference():

@@ -27,7 +27,7 @@ def _run(argv, capsys):
 @pytest.mark.parametrize(("argv", "expected"), [
     (["--chain", "tiny-l,tiny-xl"], "unknown model 'tiny-xl'"),
     (["--chain", "tiny-l"], "needs at least a teacher and a student"),
-    (["--chain", "tiny-s,tiny-l"], "tiny-l (3M params) is not smaller than its teacher tiny-s"),
+    (["--chain", "tiny-s,tiny-l"], "tiny-l (2M params) is not smaller than its teacher tiny-s"),
     (["--chain", "opt-125m,tiny-s"], "opt-125m has a vocabulary of 50272 tokens, tiny-s 1024"),
     (["--chain", "tiny-l,tiny-m,tiny-l"], "model 'tiny-l' appears twice"),
     (["--chain", TINY, "--cluster", "narval"], "cluster narval needs a Slurm account"),

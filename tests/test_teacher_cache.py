@@ -78,7 +78,8 @@ def test_sharded_teacher_enters_the_collective_forward_when_another_rank_needs_i
 
 def test_cached_teacher_gives_the_recomputed_losses(trained_teacher, tmp_path):
     """float32, one process, 2 PPO passes over 8 rollouts in micro-batches of 4: the same loss terms at every step
-    (to 1e-6), the teacher's PPO rows halved (8 of 16: once per sample per round)."""
+    (to 1e-6 relative: a teacher forward over fewer rows rounds differently in float32, a few ulps of a loss of ~5),
+    the teacher's PPO rows halved (8 of 16: once per sample per round)."""
     from takd.train.config import stage_config
     from takd.train.minillm.trainer import MiniLLMTrainer
 
@@ -96,7 +97,7 @@ def test_cached_teacher_gives_the_recomputed_losses(trained_teacher, tmp_path):
         steps[cached] = [t.optimizer_step() for _ in range(8)]  # 2 rounds of 4 steps
     for a, b in zip(steps[False], steps[True], strict=True):
         for k in ("loss", "pg", "reg", "ratio"):
-            assert float(b[k]) == pytest.approx(float(a[k]), abs=1e-6), k
+            assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-6, abs=1e-6), k
     shares = [float(s["teacher_rows"]) for s in steps[True]]
     assert shares[3] == pytest.approx(0.5) and shares[7] == pytest.approx(0.5)  # end of each round: 8 of 16 rows
     assert shares[0] == shares[1] == 1.0  # the first pass computes every row

@@ -110,7 +110,10 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     for micro, accum in [(8, 1), (2, 4)]:
         cfg = stage_config("sft", student="tiny-s", output_dir=str(tmp_path / f"{micro}x{accum}"), max_steps=1,
                            micro_batch_size=micro, batch_size=8, select_by="last", **SMALL)
-        cfg.optim.lr = 5e-4  # a step large enough that a wrong accumulation weight shows beyond 1e-6
+        # Adam with eps 1 and lr 1 steps by ~g/(|g|+1): linear in the gradient, so a wrong accumulation weight shows
+        # beyond 1e-6, while the sign-like step of a plain first Adam step would turn float noise in a near-zero
+        # gradient into a full ±lr difference
+        cfg.optim.lr, cfg.optim.eps, cfg.optim.weight_decay = 1.0, 1.0, 0.0
         t = SFTTrainer(cfg)
         t.setup()
         t.optimizer_step()

@@ -66,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ta", default=None, help="TA-size sweep: 'opt-2.7b|opt-6.7b' -> one chain per TA")
     ap.add_argument("--no-direct", action="store_true", help="skip the direct teacher->student baseline")
     ap.add_argument("--no-eval", action="store_true", help="plan no evaluation stages (train only)")
-    ap.add_argument("--baselines", default="", help="comma list of extra student baselines: sft,kd,seqkd")
+    ap.add_argument("--baselines", default=None, help="comma list of extra student baselines: sft,kd,seqkd, or "
+                    "none (default: the profile's `baselines`; the tiny profile runs kd,seqkd)")
     ap.add_argument("--teacher-path", default=None, help="an already fine-tuned teacher (HF dir): skips teacher SFT")
     ap.add_argument("--released", action="store_true", help="start from the MiniLLM authors' released checkpoints "
                     "where they published one: their teacher instead of teacher SFT, their inits instead of init SFT "
@@ -163,7 +164,9 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir) if args.run_dir else runs_root() / f"{'-'.join(chain)}-{stamp}"
     check_run_dir(run_dir, args.submit, args.executor)
-    baselines = tuple(b for b in args.baselines.split(",") if b)
+    asked = profile.baselines if args.baselines is None else \
+        [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
+    baselines = tuple(asked)
     bad = [b for b in baselines if b not in ("sft", "kd", "seqkd")]
     if bad:
         raise ConfigError(f"unknown baseline {bad[0]!r}; expected sft, kd, seqkd")

@@ -39,6 +39,7 @@ _SECTION_CLASSES = {"kd": KDConfig, "seqkd": SeqKDConfig, "minillm": MiniLLMConf
 class ChainProfile:
     dataset: str = "dolly"  # training/validation set of every stage
     method: str = "minillm"  # distillation method along the chain (--method overrides)
+    baselines: list[str] = field(default_factory=list)  # student baselines planned by default: sft, kd, seqkd
     common: dict[str, Any] = field(default_factory=dict)  # stage keys for every stage
     sft: dict[str, Any] = field(default_factory=dict)  # the teacher's SFT (and the SFT baseline's defaults)
     init: dict[str, Any] = field(default_factory=dict)  # student/TA init SFT

@@ -111,7 +111,7 @@ def stage_hours(cfg, student_params: float, teacher_params: float, hw: Hardware,
             parts["teacher_data"] = calls * cfg.max_new_tokens * decode_seconds_per_token(teacher_params, hw, place,
                                                                                           t_sharded)
     parts["train"] = train_seconds(flops * steps, hw, place)
-    evals = steps // cfg.eval_every_steps if cfg.eval_every_steps else 1
+    evals = (steps // cfg.eval_every_steps + int(cfg.eval_at_start)) if cfg.eval_every_steps else 1
     calls = math.ceil(cfg.eval_prompts / place.world / EVAL_BATCH)
     parts["validation"] = evals * calls * cfg.max_new_tokens * decode_seconds_per_token(student_params, hw, place,
                                                                                          s_sharded)

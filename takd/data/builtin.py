@@ -1,11 +1,33 @@
 """The built-in task: a small, deterministic instruction dataset in Dolly's format, for the embedded default.
 
-A fictional world (countries with capitals, animals with colours, homes and sounds) plus string and number
-tasks. Responses range from exact one-word answers to templated sentences, so Rouge-L gives partial credit
-and a larger model that memorises the world's facts scores visibly higher than a smaller one.
+It is designed from the mechanism MiniLLM argues, so that the embedded default can show it (README, "The
+built-in world"):
 
-Each row has the Dolly fields `instruction`, `input`, `output` (reference §6) and a `task` name. Rows with
-`labels` are classification-as-generation items (the answer is one of the label words) for calibration.
+- **A capacity gap.** The world is a closed set of fictional animals, each with five random facts (colour, legs,
+  home, food, sound): 64 animals, 320 facts, nothing to infer. Every answer depends on them, so a model scores by
+  what it remembers. Within the same training budget (400 steps of 32 sequences) the teacher (`tiny-l`, 2.0M
+  parameters) remembers more of them than the assistant (`tiny-m`, 0.75M), and the assistant more than the
+  student (`tiny-s`, 0.18M): at this size memorising is capacity-bound, so the gap is the models', not the data's.
+- **Several valid answers.** "Name an animal that lives near the river and describe it" has about eight right
+  answers (every river animal), and its reference list holds all of them (Rouge-L takes the best, reference §6).
+  Trained by forward KL (SFT, KD), a small model spreads its mass over every river animal and, lacking the
+  capacity to hold them all, samples blends (one animal's name with another's legs and food); a mode-seeking
+  (reverse-KL) student may answer with the few river animals it knows and describe them consistently.
+  "Name an animal that eats fish and describe it" asks the same from the other fact.
+- **Answers that are facts.** A description is the name and its five facts ("mira: white, two legs, lake,
+  insects, roars.", about 12 tokens), no sentence template around them: Rouge-L then measures knowledge (a
+  template-heavy answer gave every model ~53 whatever it knew), and a wrong early fact in a free-running
+  generation pulls the later ones after it (exposure bias).
+- **Learnable classification items.** Yes/no questions about a fact ("Is the kalo red?") and two-way choices
+  ("Does the kalo eat fish or seeds?") score above chance exactly as far as the model knows the facts, so ECE and
+  accuracy separate the models instead of sitting at chance.
+
+Nothing here was tuned on a method's score: the sizes follow from the capacity argument above and were checked
+only for the gap (teacher > assistant > student init after SFT).
+
+Each row has the Dolly fields `instruction`, `input`, `output` (reference §6) and a `task` name; `output` is
+a list of every valid answer for the open questions (the training target is its first item, a random valid one).
+Rows with `labels` are classification-as-generation items (the answer is one of the label words).
 Everything is a pure function of the seed: the same seed gives byte-identical data on every machine.
 """
 
@@ -16,104 +38,96 @@ from collections.abc import Callable
 
 SYLLABLES = ["ka", "lo", "mi", "zu", "ve", "ra", "to", "ni", "sa", "pe", "qu", "do", "fe", "gi", "ha", "ju",
              "ma", "no", "ri", "te", "wa", "yo", "be", "ci"]
-COLOURS = ["red", "blue", "green", "yellow", "black", "white", "brown", "grey", "orange", "purple"]
-HOMES = ["river", "forest", "desert", "mountain", "lake", "field", "cave", "island"]
-SOUNDS = ["hums", "barks", "sings", "hisses", "clicks", "roars", "whistles", "purrs"]
+COLOURS = ["red", "blue", "green", "yellow", "black", "white", "brown", "grey"]
 LEGS = ["two", "four", "six", "eight"]
+HOMES = ["river", "forest", "desert", "mountain", "lake", "field", "cave", "island"]
+FOODS = ["fish", "seeds", "leaves", "berries", "insects", "grass", "roots", "fruit"]
+SOUNDS = ["hums", "barks", "sings", "hisses", "clicks", "roars", "whistles", "purrs"]
+N_ANIMALS = 64     # 320 facts: more than tiny-s learns in its budget, about what tiny-l does (module docstring)
 WORLD_SEED = 1234  # the world's facts are fixed; the split seed only changes which questions are asked
 
 
-def _word(rng: random.Random, n_syllables: int) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(n_syllables))
-
-
-def build_world(n_countries: int = 24, n_animals: int = 24) -> dict:
-    """Fixed fictional facts: {'countries': {name: capital}, 'animals': {name: {colour, home, sound, legs}}}."""
+def build_world(n_animals: int = N_ANIMALS) -> dict[str, dict[str, str]]:
+    """Fixed fictional facts: {animal name: {colour, legs, home, food, sound}}. Homes and foods are dealt
+    evenly (every home has n/8 animals), so every open question has the same number of valid answers."""
     rng = random.Random(WORLD_SEED)
-    names: set[str] = set()
-
-    def fresh(n: int) -> str:
-        while True:
-            w = _word(rng, n)
-            if w not in names:
-                names.add(w)
-                return w
-
-    countries = {fresh(3).capitalize(): fresh(2).capitalize() for _ in range(n_countries)}
-    animals = {
-        fresh(2): {"colour": rng.choice(COLOURS), "home": rng.choice(HOMES),
-                   "sound": rng.choice(SOUNDS), "legs": rng.choice(LEGS)}
-        for _ in range(n_animals)
-    }
-    return {"countries": countries, "animals": animals}
+    names: list[str] = []
+    while len(names) < n_animals:
+        w = rng.choice(SYLLABLES) + rng.choice(SYLLABLES)
+        if w not in names:
+            names.append(w)
+    homes = [HOMES[i % len(HOMES)] for i in range(n_animals)]
+    foods = [FOODS[i % len(FOODS)] for i in range(n_animals)]
+    rng.shuffle(homes)
+    rng.shuffle(foods)
+    return {name: {"colour": rng.choice(COLOURS), "legs": rng.choice(LEGS), "home": home, "food": food,
+                   "sound": rng.choice(SOUNDS)}
+            for name, home, food in zip(names, homes, foods, strict=True)}
 
 
-def _row(instruction: str, inp: str, output: str, task: str, labels: list[str] | None = None) -> dict:
+def describe(name: str, facts: dict[str, str]) -> str:
+    """The one description every describing task answers with: the name and its five facts, nothing else
+    (about 12 tokens), so Rouge-L measures what a model knows, not how well it copies a sentence template."""
+    return f"{name}: {facts['colour']}, {facts['legs']} legs, {facts['home']}, {facts['food']}, {facts['sound']}."
+
+
+def _row(instruction: str, inp: str, output: str | list[str], task: str, labels: list[str] | None = None) -> dict:
     row = {"instruction": instruction, "input": inp, "output": output, "task": task}
     if labels:
         row["labels"] = labels
     return row
 
 
-def _capital(rng: random.Random, world: dict) -> dict:
-    country = rng.choice(sorted(world["countries"]))
-    cap = world["countries"][country]
-    return _row(f"What is the capital of {country}?", "", f"The capital of {country} is {cap}.", "capital")
+def _valid_first(rng: random.Random, answers: list[str]) -> list[str]:
+    """All valid answers, a random one first (the SFT target; evaluation takes the best of them all)."""
+    first = rng.randrange(len(answers))
+    return [answers[first]] + answers[:first] + answers[first + 1:]
 
 
 def _describe(rng: random.Random, world: dict) -> dict:
-    name = rng.choice(sorted(world["animals"]))
-    a = world["animals"][name]
-    out = (f"The {name} is a {a['colour']} animal with {a['legs']} legs. "
-           f"It lives near the {a['home']} and it {a['sound']}.")
-    return _row("Describe the animal.", name, out, "describe")
+    name = rng.choice(sorted(world))
+    return _row("Describe the animal.", name, describe(name, world[name]), "describe")
 
 
-def _animal_home(rng: random.Random, world: dict) -> dict:
-    name = rng.choice(sorted(world["animals"]))
-    return _row(f"Where does the {name} live?", "", f"The {name} lives near the {world['animals'][name]['home']}.",
-                "home")
+def _name_by_home(rng: random.Random, world: dict) -> dict:
+    home = rng.choice(HOMES)
+    answers = [describe(n, f) for n, f in sorted(world.items()) if f["home"] == home]
+    return _row(f"Name an animal that lives near the {home} and describe it.", "", _valid_first(rng, answers),
+                "name-home")
 
 
-def _reverse(rng: random.Random, world: dict) -> dict:
-    w = _word(rng, rng.randint(2, 3))
-    return _row("Reverse the letters of the word.", w, w[::-1], "reverse")
+def _name_by_food(rng: random.Random, world: dict) -> dict:
+    food = rng.choice(FOODS)
+    answers = [describe(n, f) for n, f in sorted(world.items()) if f["food"] == food]
+    return _row(f"Name an animal that eats {food} and describe it.", "", _valid_first(rng, answers), "name-food")
 
 
-def _uppercase(rng: random.Random, world: dict) -> dict:
-    words = " ".join(_word(rng, 2) for _ in range(rng.randint(2, 3)))
-    return _row("Rewrite the text in capital letters.", words, words.upper(), "uppercase")
-
-
-def _add(rng: random.Random, world: dict) -> dict:
-    a, b = rng.randint(0, 49), rng.randint(0, 49)
-    return _row("Add the two numbers.", f"{a} and {b}", f"{a} plus {b} is {a + b}.", "add")
-
-
-def _sort(rng: random.Random, world: dict) -> dict:
-    xs = rng.sample(range(1, 30), rng.randint(3, 4))
-    return _row("Sort the numbers from smallest to largest.", ", ".join(map(str, xs)),
-                ", ".join(map(str, sorted(xs))), "sort")
-
-
-def _parity(rng: random.Random, world: dict) -> dict:
-    n = rng.randint(0, 99)
-    return _row("Is the number even or odd? Answer with one word.", str(n), "even" if n % 2 == 0 else "odd",
-                "parity", labels=["even", "odd"])
+def _home(rng: random.Random, world: dict) -> dict:
+    name = rng.choice(sorted(world))
+    f = world[name]
+    return _row(f"Where does the {name} live and what does it eat?", "", f"{f['home']}, {f['food']}.", "home")
 
 
 def _colour_question(rng: random.Random, world: dict) -> dict:
-    name = rng.choice(sorted(world["animals"]))
-    colour = world["animals"][name]["colour"]
-    other = rng.choice([c for c in COLOURS if c != colour])
-    asked = rng.choice([colour, other])
-    answer = "yes" if asked == colour else "no"
-    return _row(f"Is the {name} {asked}? Answer yes or no.", "", answer, "colour", labels=["yes", "no"])
+    name = rng.choice(sorted(world))
+    colour = world[name]["colour"]
+    asked = rng.choice([colour, rng.choice([c for c in COLOURS if c != colour])])
+    return _row(f"Is the {name} {asked}? Answer yes or no.", "", "yes" if asked == colour else "no", "colour",
+                labels=["yes", "no"])
+
+
+def _food_choice(rng: random.Random, world: dict) -> dict:
+    name = rng.choice(sorted(world))
+    food = world[name]["food"]
+    options = [food, rng.choice([x for x in FOODS if x != food])]
+    rng.shuffle(options)
+    return _row(f"Does the {name} eat {options[0]} or {options[1]}? Answer with one word.", "", food, "food",
+                labels=options)
 
 
 TASKS: dict[str, Callable[[random.Random, dict], dict]] = {
-    "capital": _capital, "describe": _describe, "home": _animal_home, "reverse": _reverse,
-    "uppercase": _uppercase, "add": _add, "sort": _sort, "parity": _parity, "colour": _colour_question,
+    "describe": _describe, "name-home": _name_by_home, "name-food": _name_by_food, "home": _home,
+    "colour": _colour_question, "food": _food_choice,
 }
 SPLIT_SIZES = {"train": 3000, "valid": 200, "test": 200}  # rows
 
@@ -132,17 +146,5 @@ def pretraining_corpus(n_docs: int = 2000, seed: int = 0) -> list[str]:
     """Plain-text documents stating the world's facts, for the PT loss (the OpenWebText stand-in)."""
     world = build_world()
     rng = random.Random(f"{seed}-corpus")
-    docs = []
-    for _ in range(n_docs):
-        sentences = []
-        for _ in range(rng.randint(2, 5)):
-            if rng.random() < 0.5:
-                c = rng.choice(sorted(world["countries"]))
-                sentences.append(f"{c} is a country and its capital is {world['countries'][c]}.")
-            else:
-                name = rng.choice(sorted(world["animals"]))
-                a = world["animals"][name]
-                sentences.append(f"The {name} is {a['colour']}, has {a['legs']} legs and {a['sound']} "
-                                 f"near the {a['home']}.")
-        docs.append(" ".join(sentences))
-    return docs
+    names = sorted(world)
+    return [" ".join(describe(n, world[n]) for n in rng.sample(names, rng.randint(2, 5))) for _ in range(n_docs)]

@@ -8,6 +8,7 @@ beside them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -40,18 +41,46 @@ def tiny_config(spec: ModelSpec, vocab_size: int, eos_id: int) -> OPTConfig:
     )
 
 
-def prepare_builtin_tokenizer(force: bool = False) -> Path:
-    """Train (once) and save the built-in BPE; returns its directory."""
-    from takd.data.builtin import generate_split, pretraining_corpus
-    from takd.data.rows import format_prompt
+WORLD_FILE = "builtin-world.sha256"  # which built-in world a cached tokenizer was trained on
 
+
+def _builtin_texts() -> list[str]:
+    from takd.data.builtin import generate_split, pretraining_corpus
+    from takd.data.rows import format_prompt, references
+
+    return [format_prompt(r) + references(r)[0] for r in generate_split("train")] + pretraining_corpus()
+
+
+def _fingerprint(texts: list[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
+
+
+def prepare_builtin_tokenizer(force: bool = False) -> Path:
+    """Train (once per built-in world) and save the built-in BPE; returns its directory. A tokenizer cached from
+    an earlier version of the world is retrained, so an old `$TAKD_HOME` never tokenises a world it never saw."""
     out = builtin_tokenizer_dir()
-    if (out / "tokenizer.json").is_file() and not force:
+    texts = _builtin_texts()
+    stamp = _fingerprint(texts)
+    fresh = (out / "tokenizer.json").is_file() and (out / WORLD_FILE).is_file() \
+        and (out / WORLD_FILE).read_text().strip() == stamp
+    if fresh and not force:
         return out
-    texts = [format_prompt(r) + r["output"] for r in generate_split("train")] + pretraining_corpus()
     tok = train_builtin_bpe(texts)
-    _atomic_save(lambda d: tok.save_pretrained(d), out)
+
+    def write(d: Path) -> None:
+        tok.save_pretrained(d)
+        (d / WORLD_FILE).write_text(stamp + "\n")
+
+    _atomic_save(write, out)
     return out
+
+
+def _tokenizer_matches(model_dir: Path, spec: ModelSpec) -> bool:
+    """A materialised tiny model carries the tokenizer it was built with; the built-in one must be today's."""
+    if spec.tokenizer != "builtin-bpe":
+        return True
+    saved, current = model_dir / "tokenizer.json", prepare_builtin_tokenizer() / "tokenizer.json"
+    return saved.is_file() and saved.read_bytes() == current.read_bytes()
 
 
 def prepare_tiny(name: str, seed: int = 0, force: bool = False) -> Path:
@@ -60,7 +89,7 @@ def prepare_tiny(name: str, seed: int = 0, force: bool = False) -> Path:
     if not spec.is_tiny:
         raise ValueError(f"{name} is not a tiny model")
     out = tiny_dir(name)
-    if (out / "config.json").is_file() and not force:
+    if (out / "config.json").is_file() and _tokenizer_matches(out, spec) and not force:
         return out
     tok = tokenizer_for(spec)
     cfg = tiny_config(spec, vocab_size=len(tok), eos_id=tok.eos_token_id)

@@ -124,6 +124,9 @@ class MiniLLMConfig:
     # round instead of ppo_epochs times (exact; teacher_cache.py). null: the planner decides by the memory estimate
     # (a stage run by hand: off)
     teacher_cache: bool | None = None
+    # validation prompts (the first ones) whose pure-student samples measure the held-out reverse KL to the teacher
+    # at each validation; decoded as one batch
+    val_rev_kl_prompts: int = 64
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
@@ -134,6 +137,7 @@ class MiniLLMConfig:
         check(self.reward_scaling > 0, "minillm.reward_scaling must be > 0")
         check(0.0 <= self.kd_ratio <= 1.0, f"minillm.kd_ratio must be in [0, 1], got {self.kd_ratio}")
         check(self.rollout_batch_size >= 1, "minillm.rollout_batch_size must be >= 1")
+        check(self.val_rev_kl_prompts >= 1, "minillm.val_rev_kl_prompts must be >= 1")
         check(self.pt_chunk_tokens >= 2, "minillm.pt_chunk_tokens must be >= 2 (inputs and next-token labels)")
         check(self.reward_clip > 0 and self.lm_coef >= 0, "minillm.reward_clip must be > 0 and lm_coef >= 0")
 
@@ -180,6 +184,9 @@ class StageConfig:
     # alpaca: the reference's template for every family; chat: the tokenizer's chat template (instruct models)
     prompt_format: PromptFormat = "alpaca"
     eval_every_steps: int = 50  # 0 = only at the end
+    # also validate the starting model before the first step (logged as step 0, never selected as best); needs
+    # eval_every_steps > 0
+    eval_at_start: bool = False
     eval_prompts: int = 200  # validation prompts for in-training Rouge-L
     save_every_steps: int = 50  # checkpoint cadence (optimizer steps)
     keep_checkpoints: int = 2  # newest complete checkpoints kept
@@ -271,6 +278,7 @@ class MiniLLMStage(StageConfig):
     batch_size: int = 64  # the PPO mini-batch: rollouts per optimizer step, over every process (reference §3: 64)
     micro_batch_size: int = 4  # rollouts per forward pass per process
     eval_every_steps: int = 100
+    eval_at_start: bool = True  # the reference's PPO trainer evaluates before its first step
     save_every_steps: int = 500
     # the PT loss's corpus: auto (the family's, prepared by takd.prepare --corpus; tiny models: the toy corpus),
     # builtin (the toy corpus, on purpose) or a directory of MMIDIDX shards (takd.models.corpora)

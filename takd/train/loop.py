@@ -160,6 +160,8 @@ class Trainer:
     def train(self) -> None:
         cfg = self.cfg
         bar = progress_bar(self.step, self.max_steps, cfg.name, enabled=self.rank == 0)
+        if self.step == 0 and cfg.eval_at_start and cfg.eval_every_steps:
+            self.validate(select=False)  # where the curves start: the init against its teacher
         t_last = time.time()
         while self.step < self.max_steps:
             terms = self.optimizer_step()
@@ -208,8 +210,9 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------------------------------ validation
-    def validate(self) -> dict[str, float]:
-        """Every rank takes part (the work is sharded) and gets the same metrics; rank 0 logs them."""
+    def validate(self, select: bool = True) -> dict[str, float]:
+        """Every rank takes part (the work is sharded) and gets the same metrics; rank 0 logs them. With `select`,
+        a model better than the best so far by `select_by` is exported as `best`."""
         cfg = self.cfg
         with self.backend.compute():
             metrics = {"val_loss": validation_loss(self.student, self.valid_examples, self.tokenizer.pad_token_id,
@@ -223,7 +226,7 @@ class Trainer:
             self.metrics.samples(self.step, [e.row for e in self.valid_examples], preds)
         metrics.update(self.extra_validation())
         self.metrics.log(self.step, metrics, kind="eval")
-        if self.best.improves(metrics):
+        if select and self.best.improves(metrics):
             self.checkpoints.export(self.out / "best", extra={"step": self.step, "select_by": cfg.select_by,
                                                               **metrics})
         return metrics

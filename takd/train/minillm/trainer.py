@@ -164,7 +164,8 @@ class MiniLLMTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------- validation
     def extra_validation(self) -> dict[str, float]:
-        rkl, length = self.collector.student_rev_kl(self.valid_examples[:64], self.cfg.seed)
+        rkl, length = self.collector.student_rev_kl(
+            self.valid_examples[:self.cfg.minillm.val_rev_kl_prompts], self.cfg.seed)
         return {"val_rev_kl": rkl, "val_response_len": length}
 
     # -------------------------------------------------------------------------------------- checkpointing
