@@ -5,9 +5,11 @@ built-in world"):
 
 - **A capacity gap.** The world is a closed set of fictional animals, each with five random facts (colour, legs,
   home, food, sound): 64 animals, 320 facts, nothing to infer. Every answer depends on them, so a model scores by
-  what it remembers. Within the same training budget (400 steps of 32 sequences) the teacher (`tiny-l`, 2.0M
-  parameters) remembers more of them than the assistant (`tiny-m`, 0.75M), and the assistant more than the
-  student (`tiny-s`, 0.18M): at this size memorising is capacity-bound, so the gap is the models', not the data's.
+  what it remembers, and the smallest model (`tiny-s`, 0.18M parameters) learns few of them in its budget (400
+  steps of 32 sequences). The larger ones learn most only after leaving a plateau where they answer every animal
+  alike, at a step that depends on width and learning rate: in 400 steps the 128-wide assistant (`tiny-m`, 0.75M)
+  ends a little below the 192-wide teacher's loss (`tiny-l`, 2.0M), which is why the demo gives the teacher 600
+  (benchmarks/RESULTS.md, "The built-in world").
 - **Several valid answers.** "Name an animal that lives near the river and describe it" has about eight right
   answers (every river animal), and its reference list holds all of them (Rouge-L takes the best, reference §6).
   Trained by forward KL (SFT, KD), a small model spreads its mass over every river animal and, lacking the
