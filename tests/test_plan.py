@@ -34,6 +34,8 @@ def _run(argv, capsys):
     (["--chain", TINY, "--cluster", "mars"], "unknown cluster 'mars'"),
     (["--chain", TINY, "--baselines", "dpo"], "unknown baseline 'dpo'"),
     (["--chain", TINY, "--set", "optim.lr=-1"], "optim.lr must be > 0"),
+    (["--chain", TINY, "--set", "minillm.val_rev_kl_prompts=0"], "minillm.val_rev_kl_prompts must be >= 1"),
+    (["--chain", TINY, "--set", "eval_at_start=maybe"], "eval_at_start: expected bool"),
     (["--chain", "opt-13b,opt-1.3b"], "on a login node run: python -m takd.prepare --models opt-13b,opt-1.3b"),
 ])
 def test_bad_input_is_one_line_and_nothing_is_written(argv, expected, tmp_path, capsys, monkeypatch):
@@ -45,6 +47,17 @@ def test_bad_input_is_one_line_and_nothing_is_written(argv, expected, tmp_path, 
     rc, _, err = _run(argv + ["--submit", "--run-dir", str(run_dir), "--executor", "debug"], capsys)
     lines = [x for x in err.strip().splitlines() if x.startswith("error:")]
     assert rc == 2 and len(lines) == 1 and expected in lines[0], err
+    assert not run_dir.exists()
+
+
+def test_a_profile_with_an_unknown_baseline_is_one_line_naming_it(tmp_path, capsys):
+    profile = tmp_path / "chain.yaml"
+    profile.write_text("dataset: builtin\nbaselines: [kd, dpo]\n")
+    run_dir = tmp_path / "run"
+    rc, _, err = _run(["--chain", TINY, "--profile", str(profile), "--submit", "--run-dir", str(run_dir),
+                       "--executor", "debug"], capsys)
+    lines = [x for x in err.strip().splitlines() if x.startswith("error:")]
+    assert rc == 2 and lines == [f"error: {profile}: baselines: unknown baseline 'dpo'; expected sft, kd, seqkd"]
     assert not run_dir.exists()
 
 

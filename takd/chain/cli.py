@@ -50,7 +50,7 @@ from takd.chain.plan import (
     validate_chain,
     write_plan,
 )
-from takd.chain.profiles import ClusterProfile, default_profile, load_cluster, load_profile
+from takd.chain.profiles import BASELINES, ClusterProfile, default_profile, load_cluster, load_profile
 from takd.chain.profiles import profile_path as chain_profile_path
 from takd.config import ConfigError
 from takd.data.rows import unknown_dataset
@@ -164,12 +164,10 @@ def prepare_run(args) -> tuple[Path, list[PlannedStage], dict]:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir) if args.run_dir else runs_root() / f"{'-'.join(chain)}-{stamp}"
     check_run_dir(run_dir, args.submit, args.executor)
-    asked = profile.baselines if args.baselines is None else \
-        [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
-    baselines = tuple(asked)
-    bad = [b for b in baselines if b not in ("sft", "kd", "seqkd")]
-    if bad:
-        raise ConfigError(f"unknown baseline {bad[0]!r}; expected sft, kd, seqkd")
+    baselines = tuple(profile.baselines) if args.baselines is None else \
+        tuple(b.strip() for b in args.baselines.split(",") if b.strip() not in ("", "none"))
+    if bad := [b for b in baselines if b not in BASELINES]:
+        raise ConfigError(f"--baselines: unknown baseline {bad[0]!r}; expected {', '.join(BASELINES)}")
     for ds in [profile.dataset, *profile.eval.datasets]:
         if (why := unknown_dataset(ds)) is not None:
             raise ConfigError(f"{profile_path}: {why}")

@@ -32,6 +32,7 @@ from takd.train.config import (
 )
 
 ROLES = ("sft", "init", "distill", "baseline")
+BASELINES = ("sft", "kd", "seqkd")  # the student baselines a chain can plan beside its distillation
 _SECTION_CLASSES = {"kd": KDConfig, "seqkd": SeqKDConfig, "minillm": MiniLLMConfig}
 
 
@@ -57,6 +58,8 @@ class ChainProfile:
 def load_profile(path: str | Path) -> ChainProfile:
     """A chain profile, with its method sections checked for every role (a typo never waits for its stage)."""
     profile = cfglib.load(ChainProfile, path)
+    if bad := [b for b in profile.baselines if b not in BASELINES]:
+        raise ConfigError(f"{path}: baselines: unknown baseline {bad[0]!r}; expected {', '.join(BASELINES)}")
     sections = [(f"{role}", getattr(profile, role)) for role in ("common", *ROLES)]
     for model, roles in profile.per_model.items():
         if not isinstance(roles, dict) or set(roles) - set(ROLES):

@@ -8,6 +8,7 @@ beside them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -51,21 +52,23 @@ def _builtin_texts() -> list[str]:
     return [format_prompt(r) + references(r)[0] for r in generate_split("train")] + pretraining_corpus()
 
 
-def _fingerprint(texts: list[str]) -> str:
-    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
+@functools.cache
+def _world_stamp() -> str:
+    """sha256 of the built-in tokenizer's training texts: a pure function of this code, computed once per process
+    (every tiny model load checks it)."""
+    return hashlib.sha256("\n".join(_builtin_texts()).encode()).hexdigest()
 
 
 def prepare_builtin_tokenizer(force: bool = False) -> Path:
     """Train (once per built-in world) and save the built-in BPE; returns its directory. A tokenizer cached from
     an earlier version of the world is retrained, so an old `$TAKD_HOME` never tokenises a world it never saw."""
     out = builtin_tokenizer_dir()
-    texts = _builtin_texts()
-    stamp = _fingerprint(texts)
+    stamp = _world_stamp()
     fresh = (out / "tokenizer.json").is_file() and (out / WORLD_FILE).is_file() \
         and (out / WORLD_FILE).read_text().strip() == stamp
     if fresh and not force:
         return out
-    tok = train_builtin_bpe(texts)
+    tok = train_builtin_bpe(_builtin_texts())
 
     def write(d: Path) -> None:
         tok.save_pretrained(d)
