@@ -5,8 +5,9 @@
 A tiny model trained on the built-in world first sits on a plateau where it answers every animal alike (validation
 loss ~0.9 nats/token), then leaves it once it learns to look the animal's name up, and its loss falls towards the
 facts' floor. This trains tiny-s, tiny-m and tiny-l with the tiny profile's own init section (400 steps x 32
-sequences, cosine) under three learning-rate rules — round 1's 1e-3 for all, 1e-2 for all, and 1e-2 x 64 / hidden
-size (the profile's rule) — two stages at a time, one thread each, and reports each model's validation loss and
+sequences, cosine) under four learning-rate rules — round 1's 1e-3 for all, 1e-2 for all, 1e-2 x 64 / hidden
+size, and muP's split (that rate for the weight matrices, 1e-2 for embeddings, biases and norm gains: the
+optimiser's `vector_lr`) — two stages at a time, one thread each, and reports each model's validation loss and
 Rouge-L at the end. Only the SFT models are judged: no distillation runs here, so no method's score chose the rule.
 """
 
@@ -20,12 +21,14 @@ from pathlib import Path
 from _results import arguments, record, table_block
 
 SIZES = {"tiny-s": 64, "tiny-m": 128, "tiny-l": 192}  # hidden sizes (takd/configs/models/tiny.yaml)
-RULES = {"1e-3 for all": lambda width: 1e-3, "1e-2 for all": lambda width: 1e-2,
-         "1e-2 x 64 / width": lambda width: 1e-2 * 64 / width}
+# rule -> width -> (lr of the weight matrices, lr of the vector-like parameters; None: the same)
+RULES = {"1e-3 for all": lambda width: (1e-3, None), "1e-2 for all": lambda width: (1e-2, None),
+         "1e-2 x 64 / width": lambda width: (1e-2 * 64 / width, None),
+         "muP: matrices 1e-2 x 64 / width, vectors 1e-2": lambda width: (1e-2 * 64 / width, 1e-2)}
 
 
-def train(job: tuple[str, str, float, int, str]) -> dict:
-    rule, model, lr, steps, out = job
+def train(job: tuple[str, str, tuple[float, float | None], int, str]) -> dict:
+    rule, model, (lr, vector_lr), steps, out = job
     os.environ["OMP_NUM_THREADS"] = "1"
     import json
 
@@ -38,29 +41,35 @@ def train(job: tuple[str, str, float, int, str]) -> dict:
     cfg = profile_stage(load_profile(profile_path("tiny")), "init", "sft", model, name=f"world-{model}",
                         student=model, output_dir=out, max_steps=steps, eval_every_steps=steps, select_by="last",
                         save_every_steps=steps, tensorboard=False)
-    cfg.optim.lr = lr
+    cfg.optim.lr, cfg.optim.vector_lr = lr, vector_lr
     run_stage(cfg)
     rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     last = [r for r in rows if r["kind"] == "eval"][-1]
-    return {"rule": rule, "model": model, "lr": lr, "val_loss": last["val_loss"], "rouge": last["val_rouge_l"]}
+    return {"rule": rule, "model": model, "lr": lr, "vector_lr": vector_lr or lr, "val_loss": last["val_loss"],
+            "rouge": last["val_rouge_l"]}
 
 
 def main() -> None:
-    args = arguments(__doc__, ("--steps", {"type": int, "default": 400, "help": "SFT steps per model"}))
+    args = arguments(__doc__, ("--steps", {"type": int, "default": 400, "help": "SFT steps per model"}),
+                     ("--rules", {"default": ",".join(map(str, range(len(RULES)))),
+                                  "help": "which rules, by position in RULES (0-based, comma-separated)"}),
+                     ("--models", {"default": ",".join(SIZES), "help": "which sizes, comma-separated"}))
     work = Path(tempfile.mkdtemp(prefix="takd-world-"))
     os.environ.setdefault("TAKD_HOME", str(work / "home"))
-    jobs = [(rule, m, f(w), args.steps, str(work / f"{m}-{i}")) for i, (rule, f) in enumerate(RULES.items())
-            for m, w in SIZES.items()]
+    chosen = [list(RULES)[int(i)] for i in args.rules.split(",")]
+    jobs = [(rule, m, RULES[rule](SIZES[m]), args.steps, str(work / f"{m}-{i}")) for i, rule in enumerate(chosen)
+            for m in args.models.split(",")]
     with ProcessPoolExecutor(2) as pool:
         results = list(pool.map(train, jobs))
-    rows = [f"| {r['rule']} | {r['model']} | {r['lr']:.2g} | {r['val_loss']:.3f} | {r['rouge']:.1f} |"
+    rows = [f"| {r['rule']} | {r['model']} | {r['lr']:.2g} | {r['vector_lr']:.2g} | {r['val_loss']:.3f} | "
+            f"{r['rouge']:.1f} |"
             for r in results]
     record(table_block(
         "The built-in world: which sizes leave the loss plateau, per learning-rate rule", f"{os.cpu_count()} cores",
         f"Command: `python benchmarks/builtin_world.py`. Each model: the tiny profile's init SFT, {args.steps} steps "
         "x 32 sequences, from the same random init; validation loss (nats/token) and Rouge-L on 100 held-out prompts "
         "at the end. On the plateau the loss stays near 0.9 (every animal answered alike).",
-        ["lr rule", "model", "lr", "val loss", "val Rouge-L"], rows), write=not args.no_record)
+        ["lr rule", "model", "lr", "vector lr", "val loss", "val Rouge-L"], rows), write=not args.no_record)
 
 
 if __name__ == "__main__":

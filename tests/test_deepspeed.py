@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 BASE = {
     "name": "ds", "method": "sft", "student": "tiny-s", "max_steps": 6, "save_every_steps": 3, "keep_checkpoints": 3,
     "log_every_steps": 1, "eval_every_steps": 6, "eval_prompts": 8, "select_by": "last", "max_new_tokens": 16,
-    "max_prompt_tokens": 128, "tensorboard": False, "optim": {"lr": 1e-3, "warmup_steps": 2},
+    "max_prompt_tokens": 128, "tensorboard": False,
+    # two parameter groups (vector-like parameters at their own rate): under ZeRO-3 the split reads `ds_shape`
+    "optim": {"lr": 1e-3, "vector_lr": 3e-3, "warmup_steps": 2},
 }
 # per method: the single-process settings; 2 ranks run half the per-rank batch (same global batch)
 METHODS = {

@@ -144,6 +144,28 @@ def test_warmup_starts_at_zero_as_the_reference():
     assert lr_factor(50, c, 100) == pytest.approx(0.5) and lr_factor(100, c, 100) == pytest.approx(0.0)
 
 
+def test_vector_lr_steps_embeddings_biases_and_norms_at_their_own_rate(tmp_path):
+    """Adam's first step moves each weight by ~its group's lr (m/sqrt(v) = g/|g|): embedding tables, biases and norm
+    gains by `vector_lr`, the weight matrices by `lr`; without `vector_lr` every parameter by `lr`."""
+    def largest_moves(vector_lr):
+        t = _sft(tmp_path / str(vector_lr), 1)
+        t.cfg.optim = OptimConfig(lr=1e-3, vector_lr=vector_lr, weight_decay=0.0, schedule="constant")
+        moved = _updates(t, 1)
+        return {k: float(v.abs().max()) for k, v in moved.items()}
+
+    split = largest_moves(3e-3)
+    # (k_proj's bias is left out: softmax ignores a shift shared by all keys, so its gradient is ~0, below Adam's eps)
+    vectors = [k for k in split if "embed" in k or "layer_norm" in k or k.endswith(".bias") and "k_proj" not in k]
+    matrices = [k for k in split if k.endswith("proj.weight") or k.endswith("fc1.weight") or k.endswith("fc2.weight")]
+    assert len(vectors) > 10 and len(matrices) >= 8  # 2 layers: 4 attention + 2 MLP matrices each
+    for k in vectors:
+        assert split[k] == pytest.approx(3e-3, rel=1e-2), k
+    for k in matrices:
+        assert split[k] == pytest.approx(1e-3, rel=1e-2), k
+    one = largest_moves(None)
+    assert all(one[k] == pytest.approx(1e-3, rel=1e-2) for k in vectors + matrices)
+
+
 def test_a_non_finite_loss_stops_the_stage_before_the_update(tmp_path):
     from takd.train.loop import NonFiniteLoss
 

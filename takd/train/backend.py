@@ -58,11 +58,31 @@ def lr_factor(step: int, cfg_optim: OptimConfig, total_steps: int) -> float:
     return lr / cfg_optim.lr
 
 
-def build_optimizer(params, cfg: StageConfig, total_steps: int
+def vector_like(module: torch.nn.Module) -> set[int]:
+    """ids of the parameters whose Adam step size should not shrink with width (muP, Tensor Programs V, Table 3):
+    embedding tables (token and position) and every parameter with fewer than 2 dimensions (biases, norm gains).
+    Shapes are read through ZeRO-3's `ds_shape`, as a partitioned parameter's own tensor is empty."""
+    ids = {id(p) for m in module.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return ids | {id(p) for p in module.parameters() if len(getattr(p, "ds_shape", p.shape)) < 2}
+
+
+def parameter_groups(module: torch.nn.Module, o: OptimConfig) -> list[dict]:
+    """One group at `o.lr`, or with `o.vector_lr` set, the vector-like parameters in a second group at that rate."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if o.vector_lr is None:
+        return [{"params": params, "lr": o.lr}]
+    vectors = vector_like(module)
+    return [{"params": [p for p in params if id(p) not in vectors], "lr": o.lr},
+            {"params": [p for p in params if id(p) in vectors], "lr": o.vector_lr}]
+
+
+def build_optimizer(module: torch.nn.Module, cfg: StageConfig, total_steps: int
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """torch AdamW (no JIT-compiled op) and our schedule over `total_steps` optimizer steps: what both backends step."""
+    """torch AdamW (no JIT-compiled op) and our schedule over `total_steps` optimizer steps: what both backends step.
+    The schedule multiplies each parameter group's own peak rate by the same factor."""
     o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(module, o), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                  weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, o, total_steps))
     return optimizer, scheduler
 
@@ -156,7 +176,7 @@ class TorchBackend(Backend):
         return self._checkpointed(self.module)
 
     def prepare(self, student: torch.nn.Module, total_steps: int) -> None:
-        self.optimizer, self.scheduler = build_optimizer(student.parameters(), self.cfg, total_steps)
+        self.optimizer, self.scheduler = build_optimizer(student, self.cfg, total_steps)
         self.optimizer.zero_grad(set_to_none=True)
 
     def compute(self) -> contextlib.AbstractContextManager:

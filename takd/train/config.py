@@ -40,6 +40,9 @@ class OptimConfig:
     warmup_steps: int = 0  # optimizer steps of linear warmup
     min_lr: float = 1e-7  # floor of the cosine schedule
     grad_clip_norm: float = 1.0  # global L2 norm; 0 disables
+    # peak lr of the width-independent parameters (embeddings, biases, norm gains: muP's vector-like group);
+    # None: `lr` for every parameter (the reference). The schedule scales both groups alike.
+    vector_lr: float | None = None
 
     def __post_init__(self) -> None:
         check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
@@ -48,6 +51,8 @@ class OptimConfig:
         check(self.grad_clip_norm >= 0, "optim.grad_clip_norm must be >= 0 (0 disables clipping)")
         check(self.eps > 0 and self.weight_decay >= 0, "optim.eps must be > 0 and optim.weight_decay >= 0")
         check(0 <= self.min_lr <= self.lr, f"optim.min_lr must be in [0, optim.lr], got {self.min_lr}")
+        check(self.vector_lr is None or self.vector_lr > 0,
+              f"optim.vector_lr must be > 0 (or null: optim.lr for every parameter), got {self.vector_lr}")
 
 
 @dataclass

@@ -139,7 +139,7 @@ class DeepSpeedBackend(Backend):
     def prepare(self, student: torch.nn.Module, total_steps: int) -> None:
         import deepspeed
 
-        optimizer, self.scheduler = build_optimizer(student.parameters(), self.cfg, total_steps)
+        optimizer, self.scheduler = build_optimizer(student, self.cfg, total_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, lr_scheduler=self.scheduler,
                                                     config=self.ds_config)
 
