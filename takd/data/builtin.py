@@ -20,9 +20,10 @@ built-in world"):
   insects, roars.", about 12 tokens), no sentence template around them: Rouge-L then measures knowledge (a
   template-heavy answer gave every model ~53 whatever it knew), and a wrong early fact in a free-running
   generation pulls the later ones after it (exposure bias).
-- **Learnable classification items.** Yes/no questions about a fact ("Is the kalo red?") and two-way choices
-  ("Does the kalo eat fish or seeds?") score above chance exactly as far as the model knows the facts, so ECE and
-  accuracy separate the models instead of sitting at chance.
+- **Learnable classification items.** Two-way choices about a fact ("Is the kalo red or blue?", "Does the kalo
+  eat fish or seeds?"), answered with the fact itself, score above chance exactly as far as the model knows the
+  facts, so ECE and accuracy separate the models instead of sitting at chance. (A yes/no form sat at chance for
+  every model, the teacher included: it needs a comparison on top of the recall.)
 
 Nothing here was tuned on a method's score: the sizes follow from the capacity argument above and were checked
 only for the gap (teacher > assistant > student init after SFT).
@@ -110,26 +111,28 @@ def _home(rng: random.Random, world: dict) -> dict:
     return _row(f"Where does the {name} live and what does it eat?", "", f"{f['home']}, {f['food']}.", "home")
 
 
-def _colour_question(rng: random.Random, world: dict) -> dict:
+def _choice(rng: random.Random, world: dict, fact: str, values: list[str], question: str) -> dict:
+    """A two-way choice about one fact, answered with the fact itself: right exactly when the model recalls it.
+    (A yes/no form, "Is the kalo red?", needs the stored colour compared with the asked one as well: every model,
+    the teacher included, stayed near chance on it.)"""
     name = rng.choice(sorted(world))
-    colour = world[name]["colour"]
-    asked = rng.choice([colour, rng.choice([c for c in COLOURS if c != colour])])
-    return _row(f"Is the {name} {asked}? Answer yes or no.", "", "yes" if asked == colour else "no", "colour",
-                labels=["yes", "no"])
+    truth = world[name][fact]
+    options = [truth, rng.choice([x for x in values if x != truth])]
+    rng.shuffle(options)
+    return _row(question.format(name=name, a=options[0], b=options[1]), "", truth, fact, labels=options)
+
+
+def _colour_choice(rng: random.Random, world: dict) -> dict:
+    return _choice(rng, world, "colour", COLOURS, "Is the {name} {a} or {b}? Answer with one word.")
 
 
 def _food_choice(rng: random.Random, world: dict) -> dict:
-    name = rng.choice(sorted(world))
-    food = world[name]["food"]
-    options = [food, rng.choice([x for x in FOODS if x != food])]
-    rng.shuffle(options)
-    return _row(f"Does the {name} eat {options[0]} or {options[1]}? Answer with one word.", "", food, "food",
-                labels=options)
+    return _choice(rng, world, "food", FOODS, "Does the {name} eat {a} or {b}? Answer with one word.")
 
 
 TASKS: dict[str, Callable[[random.Random, dict], dict]] = {
     "describe": _describe, "name-home": _name_by_home, "name-food": _name_by_food, "home": _home,
-    "colour": _colour_question, "food": _food_choice,
+    "colour": _colour_choice, "food": _food_choice,
 }
 SPLIT_SIZES = {"train": 3000, "valid": 200, "test": 200}  # rows
 
