@@ -61,7 +61,8 @@ def lr_factor(step: int, cfg_optim: OptimConfig, total_steps: int) -> float:
 def vector_like(module: torch.nn.Module) -> set[int]:
     """ids of the parameters whose Adam step size should not shrink with width (muP, Tensor Programs V, Table 3):
     embedding tables (token and position) and every parameter with fewer than 2 dimensions (biases, norm gains).
-    Shapes are read through ZeRO-3's `ds_shape`, as a partitioned parameter's own tensor is empty."""
+    A tied LM head is the token table itself, so it follows it. Shapes are read through ZeRO-3's `ds_shape`, as a
+    partitioned parameter's own tensor is empty."""
     ids = {id(p) for m in module.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     return ids | {id(p) for p in module.parameters() if len(getattr(p, "ds_shape", p.shape)) < 2}
 
