@@ -36,6 +36,7 @@ def _run(argv, capsys):
     (["--chain", TINY, "--set", "optim.lr=-1"], "optim.lr must be > 0"),
     (["--chain", TINY, "--set", "minillm.val_rev_kl_prompts=0"], "minillm.val_rev_kl_prompts must be >= 1"),
     (["--chain", TINY, "--set", "eval_at_start=maybe"], "eval_at_start: expected bool"),
+    (["--chain", TINY, "--set", "optim.vector_lr=0"], "optim.vector_lr must be > 0 (or null"),
     (["--chain", "opt-13b,opt-1.3b"], "on a login node run: python -m takd.prepare --models opt-13b,opt-1.3b"),
 ])
 def test_bad_input_is_one_line_and_nothing_is_written(argv, expected, tmp_path, capsys, monkeypatch):
