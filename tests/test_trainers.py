@@ -47,7 +47,9 @@ def test_sft_learns_the_builtin_task(trained_teacher, tokenizer):
     print(f"tiny-m SFT 120 steps: Rouge-L {rouge_before:.1f} -> {rouge_after:.1f}, "
           f"val loss {loss_before:.2f} -> {loss_after:.2f}")
     assert loss_after < loss_before - 2.0
-    assert rouge_after > rouge_before + 15.0
+    # 120 steps reach the plateau's answers (the template, facts guessed): ~17 Rouge-L on this world, where a
+    # colour guess no longer scores the half of the items a constant "yes" or "no" did; a random model scores ~2
+    assert rouge_after > rouge_before + 10.0
     meta = json.loads((trained_teacher / "takd_model.json").read_text())
     assert meta["base"] == "tiny-m" and meta["method"] == "sft"
 
