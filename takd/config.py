@@ -99,13 +99,25 @@ def _build(cls: type[T], data: dict, where: str) -> T:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r} for {cls.__name__} (allowed: {', '.join(sorted(fields))})"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    kwargs = {k: _coerce(_onto_field_default(fields[k], v), hints[k], f"{where}.{k}" if where else k)
+              for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from None
     except TypeError as err:  # a required field is missing
         raise ConfigError(f"{where}: {err}") from None
+
+
+def _onto_field_default(f: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a dataclass-valued field completes from that field's own default, not from the nested
+    class's: `optim: {lr: 1e-4}` in a MiniLLM stage keeps MiniLLM's reference betas and weight decay instead of
+    falling back to OptimConfig's (the SFT ones)."""
+    if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            return merge(to_dict(default), value)
+    return value
 
 
 def from_dict(cls: type[T], data: dict, source: str = "<dict>") -> T:

@@ -98,3 +98,22 @@ def test_roundtrip_to_dict(tmp_path):
 def test_missing_file_is_clear():
     with pytest.raises(ConfigError, match="no such config file"):
         cfglib.read_yaml(Path("/nonexistent/x.yaml"))
+
+
+def test_a_partial_nested_section_keeps_the_methods_own_defaults():
+    """`optim: {lr: ...}` for MiniLLM keeps the reference's MiniLLM optimiser (betas 0.9/0.95, weight decay 1e-6,
+    reference §2b), not OptimConfig's SFT defaults; the same partial section for SFT keeps SFT's; and the planner's
+    profile sections and --set overrides go through the same path."""
+    from takd.chain.profiles import load_profile, profile_path, profile_stage
+
+    mini = from_mapping({"method": "minillm", "student": "tiny-s", "teacher": "tiny-m", "optim": {"lr": 1e-4},
+                         "minillm": {"sampling": {"top_k": 5}}}, "x")
+    assert (mini.optim.lr, mini.optim.beta2, mini.optim.weight_decay, mini.optim.warmup_steps) == (1e-4, 0.95, 1e-6,
+                                                                                                    100)
+    assert (mini.minillm.sampling.top_k, mini.minillm.sampling.top_p) == (5, 1.0)
+    sft = from_mapping({"method": "sft", "student": "tiny-s", "optim": {"lr": 1e-4}}, "x")
+    assert (sft.optim.beta2, sft.optim.weight_decay) == (0.999, 0.01)
+    tiny = profile_stage(load_profile(profile_path("tiny")), "distill", "minillm", "tiny-s", ["optim.eps=1e-6"],
+                         name="d", student="tiny-s", teacher="tiny-m")
+    assert (tiny.optim.lr, tiny.optim.warmup_steps, tiny.optim.beta2, tiny.optim.weight_decay, tiny.optim.eps) == \
+        (1e-3, 4, 0.95, 1e-6, 1e-6)
