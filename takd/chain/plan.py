@@ -352,10 +352,9 @@ def _given_eval(model: str, name: str, label: str, settings: EvalSettings, run_d
         teacher = str(final_dir(run_dir, teacher_stage)) if teacher_stage in stages else teacher_stage
         deps = [teacher_stage] if teacher_stage in stages else None
     method = registry.resolve(model).role if not Path(model).is_dir() else "given"
-    job = EvalJob(**{**asdict(settings), "exposure_bias": settings.exposure_bias and bool(teacher),
-                     "prompt_format": prompt_format}, model=model, output_dir=str(stage_dir(run_dir, name)),
-                  teacher=teacher, meta={"stage": name.removeprefix("eval-"), "model": model,
-                                         "method": method or "given", "label": label, "teacher": teacher or ""})
+    job = _eval_job(settings, model, stage_dir(run_dir, name), teacher, prompt_format,
+                    {"stage": name.removeprefix("eval-"), "model": model, "method": method or "given", "label": label,
+                     "teacher": teacher or ""})
     return PlannedStage(name, "eval", model, deps or [], job, label)
 
 
@@ -370,13 +369,19 @@ def _eval_stage(st: PlannedStage, settings: EvalSettings, run_dir: Path, chain_t
         teacher = str(final_dir(run_dir, chain_teacher)) if chain_teacher in stages else chain_teacher
         deps += [chain_teacher] if chain_teacher in stages else []
     # evaluated against its own teacher, in the prompt format it was trained with
-    job = EvalJob(**{**asdict(settings), "exposure_bias": settings.exposure_bias and bool(teacher),
-                     "prompt_format": st.config.prompt_format},
-                  model=str(final_dir(run_dir, st.name)), output_dir=str(stage_dir(run_dir, name)),
-                  teacher=teacher or None, meta={"stage": st.name, "model": st.model, "method": st.config.method,
-                                                 "label": st.label, "teacher": teacher,
-                                                 **({"train_seed": str(train_seed)} if train_seed is not None else {})})
+    job = _eval_job(settings, str(final_dir(run_dir, st.name)), stage_dir(run_dir, name), teacher or None,
+                    st.config.prompt_format,
+                    {"stage": st.name, "model": st.model, "method": st.config.method, "label": st.label,
+                     "teacher": teacher, **({"train_seed": str(train_seed)} if train_seed is not None else {})})
     return PlannedStage(name, "eval", st.model, deps, job, st.label)
+
+
+def _eval_job(settings: EvalSettings, model: str, output_dir: Path, teacher: str | None, prompt_format: str,
+              meta: dict[str, str]) -> EvalJob:
+    """The plan's evaluation settings for one model; exposure bias needs a teacher to compare with."""
+    return EvalJob(**{**asdict(settings), "exposure_bias": settings.exposure_bias and bool(teacher),
+                      "prompt_format": prompt_format}, model=model, output_dir=str(output_dir), teacher=teacher,
+                   meta=meta)
 
 
 # ------------------------------------------------------------------------------------------------ display
