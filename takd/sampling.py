@@ -349,3 +349,23 @@ def student_reverse_kl_sums(student, teacher, input_ids: torch.Tensor, attention
         per_token = per_position_divergence(response_logits(student, batch), response_logits(teacher, batch), "rkl")
         sums["rkl"] = float((per_token[:real] * mask).sum())
     return sums
+
+
+def reverse_kl_over(student, teacher, prompts: list, pad_token_id: int, eos_token_id: int, *, max_new_tokens: int,
+                    seed: int, batch_size: int) -> dict[str, float]:
+    """`student_reverse_kl_sums` over `prompts` (encoded examples with `prompt_ids`) in batches of `batch_size`,
+    one process: prompt i draws from stream (seed, 0) at position i, so the sums do not depend on the batch size.
+    Returns the summed `rkl` (with a teacher), `tokens`, `rows`, `ended`."""
+    from takd.data.examples import collate_prompts
+
+    totals: dict[str, float] = {}
+    with torch.no_grad(), decoding(student, teacher):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start: start + batch_size]
+            p = collate_prompts(chunk, pad_token_id)
+            sums = student_reverse_kl_sums(student, teacher, p["input_ids"], p["attention_mask"],
+                                           max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                                           pad_token_id=pad_token_id,
+                                           row_keys=stream_keys(seed, 0, range(start, start + len(chunk))))
+            totals = {k: totals.get(k, 0.0) + v for k, v in sums.items()}
+    return totals

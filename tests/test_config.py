@@ -113,7 +113,10 @@ def test_a_partial_nested_section_keeps_the_methods_own_defaults():
     assert (mini.minillm.sampling.top_k, mini.minillm.sampling.top_p) == (5, 1.0)
     sft = from_mapping({"method": "sft", "student": "tiny-s", "optim": {"lr": 1e-4}}, "x")
     assert (sft.optim.beta2, sft.optim.weight_decay) == (0.999, 0.01)
-    tiny = profile_stage(load_profile(profile_path("tiny")), "distill", "minillm", "tiny-s", ["optim.eps=1e-6"],
-                         name="d", student="tiny-s", teacher="tiny-m")
+    profile = load_profile(profile_path("tiny"))
+    written = profile.section("distill", "tiny-s")["optim"]  # the profile's partial optim: lr and warmup only
+    assert set(written) == {"lr", "warmup_steps", "schedule"}
+    tiny = profile_stage(profile, "distill", "minillm", "tiny-s", ["optim.eps=1e-6"], name="d", student="tiny-s",
+                         teacher="tiny-m")
     assert (tiny.optim.lr, tiny.optim.warmup_steps, tiny.optim.beta2, tiny.optim.weight_decay, tiny.optim.eps) == \
-        (1e-3, 4, 0.95, 1e-6, 1e-6)
+        (written["lr"], written["warmup_steps"], 0.95, 1e-6, 1e-6)

@@ -1,11 +1,12 @@
-"""The embedded default's MiniLLM stage does what the demo claims: its held-out reverse KL to the teacher falls.
+"""The embedded default's MiniLLM stage does what the demo claims: its held-out reverse KL to the teacher falls,
+by more than the estimator's own noise.
 
-The stage is built from the tiny profile's own `distill:` section (the README main command's MiniLLM settings:
-steps, rollouts, learning rate, validation cadence; not a test profile) and run to the end from the random-init
-tiny-s towards a short-trained tiny-m teacher. The first validation is the start's (step 0, before any update, as
-the reference's PPO trainer evaluates), the last the distilled student's. A random start makes the fall large
-against the noise of 100 sampled answers; two SFT'd tiny models would start within ~0.05 nats of each other. The
-demo's own curves (SFT'd inits) are in benchmarks/RESULTS.md.
+Both stages are built from the tiny profile's own sections (the README main command's settings, not a test
+profile): the student is tiny-s after the profile's `init:` SFT, as in the demo, and the MiniLLM stage runs the
+profile's `distill:` section to its end towards the shared short-trained tiny-m teacher (the demo's teacher is a
+tiny-l trained for 4 minutes: too long for a test). The first validation is the start's (step 0, before any
+update, as the reference's PPO trainer evaluates), the last the distilled student's. The noise is the spread of the
+same estimate on the start model at three sampling seeds. The demo's own curves are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from __future__ import annotations
 import json
 
 from takd.chain.profiles import load_profile, profile_path, profile_stage
+from takd.data.examples import encode_rows
+from takd.data.rows import load_rows
+from takd.models.loading import load_model
+from takd.sampling import reverse_kl_over
 from takd.train.run import run_stage
+
+NOISE_SEEDS = (1, 2, 3)
 
 
 def _evals(stage_dir) -> list[dict]:
@@ -21,13 +28,27 @@ def _evals(stage_dir) -> list[dict]:
     return [r for r in rows if r["kind"] == "eval"]
 
 
-def test_demo_minillm_stage_lowers_held_out_reverse_kl(trained_teacher, tmp_path):
+def _held_out_rev_kl(student_dir, teacher_dir, cfg, tokenizer, seed: int) -> float:
+    """The trainer's validation estimate (per-token reverse KL on the student's own samples), at another seed."""
+    examples = encode_rows(load_rows(cfg.dataset, "valid"), tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens,
+                           prompt_format=cfg.prompt_format)[:cfg.minillm.val_rev_kl_prompts]
+    sums = reverse_kl_over(load_model(str(student_dir)), load_model(str(teacher_dir)), examples,
+                           tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=cfg.max_new_tokens,
+                           seed=seed, batch_size=len(examples))
+    return sums["rkl"] / sums["tokens"]
+
+
+def test_demo_minillm_stage_lowers_held_out_reverse_kl(trained_teacher, tokenizer, tmp_path):
     profile = load_profile(profile_path("tiny"))
-    cfg = profile_stage(profile, "distill", "minillm", "tiny-s", name="minillm-demo", student="tiny-s",
+    init = run_stage(profile_stage(profile, "init", "sft", "tiny-s", name="init-demo", student="tiny-s",
+                                   output_dir=str(tmp_path / "init"), tensorboard=False))
+    cfg = profile_stage(profile, "distill", "minillm", "tiny-s", name="minillm-demo", student=str(init),
                         teacher=str(trained_teacher), output_dir=str(tmp_path / "minillm"), tensorboard=False)
     assert cfg.max_steps >= 4 * cfg.eval_every_steps and cfg.eval_at_start  # the demo's curve has 5 points
     run_stage(cfg)
     evals = _evals(tmp_path / "minillm")
     assert [e["step"] for e in evals] == list(range(0, cfg.max_steps + 1, cfg.eval_every_steps))
     start, end = evals[0]["val_rev_kl"], evals[-1]["val_rev_kl"]
-    assert end < 0.5 * start, f"held-out reverse KL {start:.3f} -> {end:.3f}"
+    at_seeds = [_held_out_rev_kl(init, trained_teacher, cfg, tokenizer, s) for s in NOISE_SEEDS]
+    noise = max(at_seeds) - min(at_seeds)
+    assert end < start - 2 * noise, f"held-out reverse KL {start:.3f} -> {end:.3f}; start at seeds {at_seeds}"

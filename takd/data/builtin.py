@@ -148,7 +148,8 @@ def generate_split(split: str, seed: int = 0, n: int | None = None) -> list[dict
 
 
 def pretraining_corpus(n_docs: int = 2000, seed: int = 0) -> list[str]:
-    """Plain-text documents stating the world's facts, for the PT loss (the OpenWebText stand-in)."""
+    """Plain-text documents stating the world's facts, for the PT loss (the OpenWebText stand-in) when a stage asks
+    for `pt_dataset=builtin`; the embedded default itself runs without L_PT (README, "The built-in world")."""
     world = build_world()
     rng = random.Random(f"{seed}-corpus")
     names = sorted(world)

@@ -143,21 +143,12 @@ def _prompts(job: EvalJob, tok, ds: str) -> list[Example]:
 def _reverse_kl_rows(model, tok, job: EvalJob, meta: dict, ex: list[Example]) -> pd.DataFrame:
     """KL(q‖p) per response token of the model q to its teacher p on q's own samples (`rev_kl`, with a teacher),
     the share of those answers that end with EOS (`eos_rate`, %) and their mean length (`response_len`)."""
-    from takd.data.examples import collate_prompts
     from takd.models.loading import load_model
-    from takd.sampling import decoding, stream_keys, student_reverse_kl_sums
+    from takd.sampling import reverse_kl_over
 
     teacher = load_model(job.teacher) if job.teacher else None
-    totals = {"rkl": 0.0, "tokens": 0.0, "rows": 0.0, "ended": 0.0}
-    with decoding(*[m for m in (model, teacher) if m is not None]):
-        for start in range(0, len(ex), job.batch_size):
-            chunk = ex[start: start + job.batch_size]
-            p = collate_prompts(chunk, tok.pad_token_id)
-            sums = student_reverse_kl_sums(model, teacher, p["input_ids"], p["attention_mask"],
-                                           max_new_tokens=job.max_new_tokens, eos_token_id=tok.eos_token_id,
-                                           pad_token_id=tok.pad_token_id,
-                                           row_keys=stream_keys(job.seeds[0], 0, range(start, start + len(chunk))))
-            totals = {k: totals[k] + sums.get(k, 0.0) for k in totals}
+    totals = reverse_kl_over(model, teacher, ex, tok.pad_token_id, tok.eos_token_id,
+                             max_new_tokens=job.max_new_tokens, seed=job.seeds[0], batch_size=job.batch_size)
     values = {"eos_rate": 100 * totals["ended"] / totals["rows"], "response_len": totals["tokens"] / totals["rows"]}
     if teacher is not None:
         values = {"rev_kl": totals["rkl"] / max(totals["tokens"], 1.0), **values}

@@ -129,8 +129,8 @@ class MiniLLMConfig:
     # round instead of ppo_epochs times (exact; teacher_cache.py). null: the planner decides by the memory estimate
     # (a stage run by hand: off)
     teacher_cache: bool | None = None
-    # validation prompts (the first ones) whose pure-student samples measure the held-out reverse KL to the teacher
-    # at each validation; decoded as one batch
+    # validation prompts (the first ones, independent of eval_prompts) whose pure-student samples measure the held-out
+    # reverse KL to the teacher at each validation; decoded as one batch
     val_rev_kl_prompts: int = 64
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 

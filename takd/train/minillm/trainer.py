@@ -60,6 +60,11 @@ class MiniLLMTrainer(Trainer):
             self.rank, self.world, ds.enabled and ds.teacher_placement == "zero3",
             lambda missing: dist.all_reduce_sum([float(missing)])[0] > 0) \
             if cfg.minillm.teacher_cache and cfg.minillm.single_step else None
+        # the held-out reverse KL's prompts: the first validation prompts, counted apart from `eval_prompts` (a
+        # sampled per-token estimate is noisier than Rouge-L and may want more of them)
+        self.rev_kl_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
+                                           cfg.max_new_tokens, prompt_format=cfg.prompt_format
+                                           )[:cfg.minillm.val_rev_kl_prompts]
         self.corpus = self.load_corpus() if cfg.minillm.pt_loss != "none" else None
         self.pt_sampler = EpochSampler(len(self.corpus), seed=cfg.seed + 2) if self.corpus is not None else None
 
@@ -164,8 +169,7 @@ class MiniLLMTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------- validation
     def extra_validation(self) -> dict[str, float]:
-        rkl, length = self.collector.student_rev_kl(
-            self.valid_examples[:self.cfg.minillm.val_rev_kl_prompts], self.cfg.seed)
+        rkl, length = self.collector.student_rev_kl(self.rev_kl_examples, self.cfg.seed)
         return {"val_rev_kl": rkl, "val_response_len": length}
 
     # -------------------------------------------------------------------------------------- checkpointing
