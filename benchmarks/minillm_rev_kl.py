@@ -23,12 +23,13 @@ sys.path.insert(0, str(HERE))
 from _results import arguments, record, table_block  # noqa: E402
 
 
-def held_out_rev_kl(student, teacher, examples, tok, max_new_tokens: int, seed: int) -> float:
-    from takd.sampling import reverse_kl_over
+def estimates(model_dir: str, *, teacher, examples, tok, max_new_tokens: int, seeds: list[int]) -> list[float]:
+    """The model's held-out reverse KL to `teacher` at each sampling seed."""
+    from takd.models.loading import load_model
+    from takd.train.validation import held_out_reverse_kl
 
-    sums = reverse_kl_over(student, teacher, examples, tok.pad_token_id, tok.eos_token_id,
-                           max_new_tokens=max_new_tokens, seed=seed, batch_size=len(examples))
-    return sums["rkl"] / sums["tokens"]
+    model = load_model(model_dir)
+    return [held_out_reverse_kl(model, teacher, examples, tok, max_new_tokens=max_new_tokens, seed=s) for s in seeds]
 
 
 def main() -> None:
@@ -38,26 +39,27 @@ def main() -> None:
     import torch
 
     from takd.chain.plan import read_plan
-    from takd.data.examples import encode_rows
-    from takd.data.rows import load_rows
     from takd.evaluate.metrics import mean_ci95
     from takd.models.loading import load_model, load_tokenizer_for, quiet_transformers
+    from takd.train.validation import validation_examples
 
     quiet_transformers()
     seeds = [int(s) for s in args.seeds.split(",")]
     run = Path(args.run_dir)
     rows, t0 = [], time.time()
     _, planned = read_plan(run)
+    starts: dict[tuple, list[float]] = {}  # replicate stages share their start and teacher: read it once
     for cfg in [st.config for st in planned if st.kind == "train" and st.config.method == "minillm"]:
         tok = load_tokenizer_for(cfg.student)
-        examples = encode_rows(load_rows(cfg.dataset, "valid"), tok, cfg.max_prompt_tokens, cfg.max_new_tokens,
-                               prompt_format=cfg.prompt_format)[:args.prompts or cfg.minillm.val_rev_kl_prompts]
+        examples = validation_examples(cfg, tok, args.prompts or cfg.minillm.val_rev_kl_prompts)
         teacher = load_model(cfg.teacher)
         final = Path(cfg.output_dir) / "final"
-        start, end = load_model(cfg.student), load_model(str(final))
         step = json.loads((final / "takd_model.json").read_text())["step"]
-        at = {name: [held_out_rev_kl(m, teacher, examples, tok, cfg.max_new_tokens, s) for s in seeds]
-              for name, m in (("start", start), ("end", end))}
+        read = dict(teacher=teacher, examples=examples, tok=tok, max_new_tokens=cfg.max_new_tokens, seeds=seeds)
+        key = (cfg.student, cfg.teacher, len(examples), cfg.max_new_tokens, cfg.dataset, cfg.prompt_format)
+        if key not in starts:
+            starts[key] = estimates(cfg.student, **read)
+        at = {"start": starts[key], "end": estimates(str(final), **read)}
         (s_mean, s_ci), (e_mean, e_ci) = mean_ci95(at["start"]), mean_ci95(at["end"])
         fall, fall_ci = mean_ci95([e - s for s, e in zip(at["start"], at["end"], strict=True)])
         verdict = "falls" if fall + fall_ci < 0 else "rises" if fall - fall_ci > 0 else "within noise"

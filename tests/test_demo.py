@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 
 from takd.chain.profiles import load_profile, profile_path, profile_stage
-from takd.data.examples import encode_rows
-from takd.data.rows import load_rows
 from takd.models.loading import load_model
-from takd.sampling import reverse_kl_over
 from takd.train.run import run_stage
+from takd.train.validation import held_out_reverse_kl, validation_examples
 
 NOISE_SEEDS = (1, 2, 3)
 
@@ -26,16 +24,6 @@ NOISE_SEEDS = (1, 2, 3)
 def _evals(stage_dir) -> list[dict]:
     rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [r for r in rows if r["kind"] == "eval"]
-
-
-def _held_out_rev_kl(student_dir, teacher_dir, cfg, tokenizer, seed: int) -> float:
-    """The trainer's validation estimate (per-token reverse KL on the student's own samples), at another seed."""
-    examples = encode_rows(load_rows(cfg.dataset, "valid"), tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens,
-                           prompt_format=cfg.prompt_format)[:cfg.minillm.val_rev_kl_prompts]
-    sums = reverse_kl_over(load_model(str(student_dir)), load_model(str(teacher_dir)), examples,
-                           tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=cfg.max_new_tokens,
-                           seed=seed, batch_size=len(examples))
-    return sums["rkl"] / sums["tokens"]
 
 
 def test_demo_minillm_stage_lowers_held_out_reverse_kl(trained_teacher, tokenizer, tmp_path):
@@ -49,6 +37,9 @@ def test_demo_minillm_stage_lowers_held_out_reverse_kl(trained_teacher, tokenize
     evals = _evals(tmp_path / "minillm")
     assert [e["step"] for e in evals] == list(range(0, cfg.max_steps + 1, cfg.eval_every_steps))
     start, end = evals[0]["val_rev_kl"], evals[-1]["val_rev_kl"]
-    at_seeds = [_held_out_rev_kl(init, trained_teacher, cfg, tokenizer, s) for s in NOISE_SEEDS]
+    student, teacher = load_model(str(init)), load_model(str(trained_teacher))
+    examples = validation_examples(cfg, tokenizer, cfg.minillm.val_rev_kl_prompts)  # the trainer's prompts
+    at_seeds = [held_out_reverse_kl(student, teacher, examples, tokenizer, max_new_tokens=cfg.max_new_tokens, seed=s)
+                for s in NOISE_SEEDS]
     noise = max(at_seeds) - min(at_seeds)
     assert end < start - 2 * noise, f"held-out reverse KL {start:.3f} -> {end:.3f}; start at seeds {at_seeds}"

@@ -37,7 +37,7 @@ from takd.train.config import StageConfig, optimizer_steps
 from takd.train.metrics_log import MetricsLog, progress_bar, setup_line
 from takd.train.preemption import Preempted, PreemptionGuard
 from takd.train.trackers import open_trackers
-from takd.train.validation import BestKeeper, validation_generations, validation_loss
+from takd.train.validation import BestKeeper, validation_examples, validation_generations, validation_loss
 
 
 class NonFiniteLoss(RuntimeError):
@@ -100,8 +100,7 @@ class Trainer:
         self.student = self.backend.load_student(str(self.resume_from) if self.resume_from else cfg.student)
         self.teacher = self.load_teacher() if (self.needs_teacher and cfg.teacher) else None
         self.train_examples = self.build_train_examples()
-        self.valid_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
-                                          cfg.max_new_tokens, prompt_format=cfg.prompt_format)[: cfg.eval_prompts]
+        self.valid_examples = validation_examples(cfg, self.tokenizer, cfg.eval_prompts)
         self.sampler = EpochSampler(len(self.train_examples), seed=cfg.seed)
         self.max_steps = optimizer_steps(cfg, len(self.train_examples))
         self.backend.prepare(self.student, self.max_steps)

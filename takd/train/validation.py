@@ -13,13 +13,30 @@ from __future__ import annotations
 import torch
 
 from takd import dist
-from takd.data.examples import Example, collate_prompts, collate_sft, iterate
+from takd.data.examples import Example, collate_prompts, collate_sft, encode_rows, iterate
+from takd.data.rows import load_rows
 from takd.evaluate.generation import cut_at_eos
 from takd.losses import shift_for_next_token, token_cross_entropy
-from takd.sampling import mixed_sample, stream_keys
+from takd.sampling import mixed_sample, reverse_kl_over, stream_keys
 
 VALIDATION_STREAM = 1 << 20  # key streams; MiniLLM rollout rounds use 0, 1, 2, ... (far below)
 SEQKD_STREAM = (1 << 20) + 1
+
+
+def validation_examples(cfg, tokenizer, n: int) -> list[Example]:
+    """A stage's first `n` validation prompts with their gold responses, encoded as its training encodes them (the
+    same list for validation loss and Rouge-L, `eval_prompts`, and MiniLLM's held-out reverse KL)."""
+    return encode_rows(load_rows(cfg.dataset, "valid"), tokenizer, cfg.max_prompt_tokens, cfg.max_new_tokens,
+                       prompt_format=cfg.prompt_format)[:n]
+
+
+def held_out_reverse_kl(student, teacher, examples: list[Example], tokenizer, *, max_new_tokens: int,
+                        seed: int) -> float:
+    """MiniLLM's validation estimate on one process: per-token KL(q‖p) on the student's own samples of `examples`,
+    decoded as one batch from sampling stream (seed, 0) as the trainer's (`RolloutCollector.student_rev_kl`)."""
+    sums = reverse_kl_over(student, teacher, examples, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                           max_new_tokens=max_new_tokens, seed=seed, batch_size=len(examples))
+    return sums["rkl"] / max(sums["tokens"], 1.0)
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from takd.train.minillm import objective as M
 from takd.train.minillm.buffer import RolloutBuffer, collate_rollouts
 from takd.train.minillm.rollouts import RolloutCollector
 from takd.train.minillm.teacher_cache import TeacherLogitCache
+from takd.train.validation import validation_examples
 
 
 class MiniLLMTrainer(Trainer):
@@ -62,9 +63,7 @@ class MiniLLMTrainer(Trainer):
             if cfg.minillm.teacher_cache and cfg.minillm.single_step else None
         # the held-out reverse KL's prompts: the first validation prompts, counted apart from `eval_prompts` (a
         # sampled per-token estimate is noisier than Rouge-L and may want more of them)
-        self.rev_kl_examples = encode_rows(load_rows(cfg.dataset, "valid"), self.tokenizer, cfg.max_prompt_tokens,
-                                           cfg.max_new_tokens, prompt_format=cfg.prompt_format
-                                           )[:cfg.minillm.val_rev_kl_prompts]
+        self.rev_kl_examples = validation_examples(cfg, self.tokenizer, cfg.minillm.val_rev_kl_prompts)
         self.corpus = self.load_corpus() if cfg.minillm.pt_loss != "none" else None
         self.pt_sampler = EpochSampler(len(self.corpus), seed=cfg.seed + 2) if self.corpus is not None else None
 
